@@ -1,0 +1,61 @@
+"""``resnet50 classify``: top-k labels for image files (folders are expanded)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_json_option, add_model_options, expand_images, load_model, print_json, show_progress
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("classify", help="classify image files and print the top-k labels")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    parser.add_argument("--top", type=int, default=5, metavar="K", help="how many labels per image (default 5)")
+    parser.add_argument("--batch", type=int, default=8, metavar="B", help="images per inference batch")
+    add_model_options(parser)
+    add_json_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..errors import InvalidInputError
+    from ..pipeline import classify_stream
+
+    if not 1 <= args.top <= 1000:
+        raise InvalidInputError(f"--top must be in 1..1000, got {args.top}")
+    images = expand_images(args.images)
+    if not images:
+        raise InvalidInputError(f"no image files in {' '.join(args.images)}")
+    model = load_model(args)
+    results = []
+    with tqdm(
+        total=len(images), unit="img", disable=not show_progress(args) or len(images) < 8, file=sys.stderr
+    ) as bar:
+        for result in classify_stream(model, images, batch_size=args.batch, top_k=args.top):
+            results.append(result)
+            bar.update(1)
+            if not result.ok:
+                print(f"resnet50 classify: error: {result.error}", file=sys.stderr)
+            elif not args.json:
+                _print_human(result)
+    failed = sum(not r.ok for r in results)
+    if args.json:
+        print_json(
+            {
+                "weights": model.weights,
+                "model": str(model.source.path),
+                "precision": model.precision,
+                "results": [r.to_dict() for r in results],
+                "errors": failed,
+            }
+        )
+    return 2 if failed else 0
+
+
+def _print_human(result) -> None:
+    print(result.source)
+    for p in result.classification.predictions:
+        print(f"  {p.score:7.4f}  {p.label} (class {p.class_id})")

@@ -1,0 +1,56 @@
+"""Options and output helpers that several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".pgm", ".ppm"}
+
+
+def add_model_options(parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("fp32", "int8")) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
+    )
+    group.add_argument("--precision", choices=precisions, default="fp32")
+    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    group.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
+    group.add_argument("--native", action="store_true", help="fuse mean subtraction and top-k into the graph")
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def load_model(args: argparse.Namespace):
+    from ..model import ResNet50
+
+    return ResNet50.load(
+        precision=args.precision, device=args.device, use_native=args.native, model=args.model, threads=args.threads
+    )
+
+
+def print_json(payload: dict) -> None:
+    json.dump(payload, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal and never under --json."""
+    return not getattr(args, "json", False) and sys.stderr.isatty() and sys.stdout.isatty()
+
+
+def expand_images(items: list[str]) -> list[str]:
+    """Paths as given, with folders replaced by the image files inside them (sorted)."""
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(os.fspath(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,26 @@
+"""``resnet50 info``: which model file, weights, checksum, backend and CPU features."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_json_option, add_model_options, load_model, print_json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="show the model file, weights kind, backend and CPU features")
+    add_model_options(parser)
+    add_json_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = load_model(args).info()
+    if args.json:
+        print_json(info)
+        return 0
+    cpu = info.pop("cpu")
+    for key, value in info.items():
+        print(f"{key:>15}: {value}")
+    print(f"{'cpu':>15}: {cpu['name']} ({cpu['cores']} cores; {' '.join(cpu['features']) or 'no AVX2'})")
+    return 0

@@ -1,0 +1,140 @@
+"""The model-zoo API: ``ResNet50.load()``, ``preprocess``, ``run``, ``postprocess``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import platform
+from typing import Any
+
+import numpy as np
+
+from .constants import INPUT_NAME, INPUT_SIZE, TOPK_INPUT, UINT8_INPUT_NAME
+from .errors import BackendUnavailableError, InvalidInputError
+from .postprocess import Classification, postprocess
+from .preprocess import ImageInput, PreprocessContext, preprocess
+from .runtime import Backend, check_interface, create_backend
+from .weights import ModelSource, resolve, warn_if_synthetic
+
+PRECISIONS = ("fp32", "int8")
+DEVICES = ("cpu", "cuda")
+
+
+class ResNet50:
+    """MLPerf ResNet50 v1.5 image classifier (1001 classes, index 0 background)."""
+
+    def __init__(self, backend: Backend, source: ModelSource, *, precision: str, device: str, use_native: bool):
+        self.backend = backend
+        self.source = source
+        self.precision = precision
+        self.device = device
+        self.use_native = use_native
+        names = {spec.name for spec in backend.inputs}
+        self.input_name = UINT8_INPUT_NAME if UINT8_INPUT_NAME in names else INPUT_NAME
+        self.input_dtype = np.dtype(np.uint8 if self.input_name == UINT8_INPUT_NAME else np.float32)
+        self._takes_top_k = TOPK_INPUT in names
+
+    @classmethod
+    def load(
+        cls,
+        precision: str = "fp32",
+        device: str = "cpu",
+        use_native: bool = False,
+        *,
+        model: str | os.PathLike | None = None,
+        threads: int | None = None,
+        backend: str | None = None,
+    ) -> ResNet50:
+        """Load the model: MLPerf weights when present (``model``, ``$RESNET50_MODEL`` or
+        ``resnet50 fetch``), else synthetic ones (said once on stderr).
+
+        ``use_native=True`` fuses mean subtraction and top-k into the graph: ``preprocess``
+        then gives the uint8 crop and ``run`` returns the top-k directly.
+        """
+        from .variants import model_file
+
+        if precision not in PRECISIONS:
+            raise InvalidInputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if device not in DEVICES:
+            raise InvalidInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        if device == "cuda":
+            raise BackendUnavailableError("device 'cuda' needs the torch backend, which this install does not have")
+        if threads is not None and threads < 1:
+            raise InvalidInputError(f"threads must be at least 1, got {threads}")
+        source = resolve(model)
+        path = model_file(source, precision, use_native)
+        runtime = create_backend(backend or "onnxruntime", os.fspath(path), threads=threads)
+        check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)
+        warn_if_synthetic(source)
+        return cls(runtime, source, precision=precision, device=device, use_native=use_native)
+
+    @classmethod
+    async def load_async(cls, *args: Any, **kwargs: Any) -> ResNet50:
+        """:meth:`load` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(functools.partial(cls.load, *args, **kwargs))
+
+    @property
+    def weights(self) -> str:
+        """ "synthetic", "mlperf" or "custom"."""
+        return self.source.weights
+
+    def preprocess(self, image: ImageInput | list[ImageInput]) -> tuple[np.ndarray, PreprocessContext]:
+        """Image(s) → the tensor this model takes (float32, or uint8 when native) and context."""
+        return preprocess(image, with_scaling=self.input_dtype == np.float32)
+
+    def check_tensor(self, tensor: np.ndarray) -> None:
+        """Refuse a tensor of the wrong type or shape, naming what was expected."""
+        if not isinstance(tensor, np.ndarray):
+            raise InvalidInputError(f"input tensor must be a numpy array, got {type(tensor).__name__}")
+        expected = f"{self.input_dtype}[N,3,{INPUT_SIZE},{INPUT_SIZE}]"
+        if tensor.dtype != self.input_dtype:
+            hint = " (use_native models take the uint8 crop)" if self.use_native else ""
+            raise InvalidInputError(f"input tensor has dtype {tensor.dtype}, expected {expected}{hint}")
+        if tensor.ndim != 4 or tensor.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE) or tensor.shape[0] < 1:
+            raise InvalidInputError(f"input tensor has shape {list(tensor.shape)}, expected {expected}")
+
+    def run(self, tensor: np.ndarray, top_k: int = 5) -> dict[str, np.ndarray]:
+        """One batch of any size → the model's named outputs."""
+        self.check_tensor(tensor)
+        feeds = {self.input_name: np.ascontiguousarray(tensor)}
+        if self._takes_top_k:
+            feeds[TOPK_INPUT] = np.array([top_k], np.int64)
+        return self.backend.run(feeds)
+
+    __call__ = run
+
+    async def run_async(self, tensor: np.ndarray, top_k: int = 5) -> dict[str, np.ndarray]:
+        """:meth:`run` in a worker thread (the backend releases the GIL)."""
+        return await asyncio.to_thread(self.run, tensor, top_k)
+
+    def postprocess(
+        self, outputs: dict[str, np.ndarray], ctx: PreprocessContext | None = None, top_k: int = 5
+    ) -> Classification | list[Classification]:
+        """Outputs → label, class id, score and top-k (one result, or a list for a list)."""
+        return postprocess(outputs, ctx, top_k)
+
+    def classify(self, image: ImageInput | list[ImageInput], top_k: int = 5) -> Classification | list[Classification]:
+        """preprocess → run → postprocess in one call."""
+        tensor, ctx = self.preprocess(image)
+        return self.postprocess(self.run(tensor, top_k), ctx, top_k)
+
+    def info(self) -> dict:
+        """What is running: model file, weights, checksum, backend, precision, threads, CPU."""
+        from .cpu import cpu_info
+
+        return {
+            "model": os.fspath(self.source.path),
+            "model_origin": self.source.origin,
+            "weights": self.weights,
+            "md5": self.source.md5,
+            "mlperf_release": self.source.release,
+            "runtime_model": self.backend.model_path,
+            "precision": self.precision,
+            "device": self.device,
+            "use_native": self.use_native,
+            "input": f"{self.input_name} {self.input_dtype}[N,3,224,224]",
+            **self.backend.describe(),
+            "python": platform.python_version(),
+            "cpu": cpu_info(),
+        }

@@ -1,0 +1,122 @@
+"""Image files in, labels out: decoding overlapped with batched inference, in input order.
+
+Decode and resize run in a thread pool (OpenCV releases the GIL) while the calling thread
+runs the model (ONNX Runtime releases it too). At most ``prefetch`` images are in flight,
+so memory stays flat on any number of inputs. A bad image becomes an error row in its
+place; the rest go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ResNet50Error
+from .postprocess import Classification, postprocess
+from .preprocess import PreprocessContext, describe, normalize, preprocess_one
+
+
+@dataclass
+class Result:
+    """One input's outcome: a classification, or the error that stopped it."""
+
+    index: int
+    source: str
+    classification: Classification | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        if self.classification is None:
+            return {"source": self.source, "error": self.error}
+        return {**self.classification.to_dict(), "source": self.source}
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over all images (decode+resize counted per worker)."""
+
+    preprocess: float = 0.0
+    infer: float = 0.0
+    postprocess: float = 0.0
+    batches: list[int] = field(default_factory=list)
+
+
+def _prepare(index: int, image) -> tuple[int, str, np.ndarray | None, tuple | None, str | None, float]:
+    start = time.perf_counter()
+    source = describe(image)
+    try:
+        crop, size = preprocess_one(image)
+        return index, source, crop, size, None, time.perf_counter() - start
+    except ResNet50Error as exc:
+        return index, source, None, None, str(exc), time.perf_counter() - start
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def classify_stream(
+    model,
+    images: Iterable,
+    *,
+    batch_size: int = 8,
+    top_k: int = 5,
+    workers: int | None = None,
+    prefetch: int | None = None,
+    times: StageTimes | None = None,
+) -> Iterator[Result]:
+    """Classify ``images`` (paths, bytes, arrays) with ``model``; yield :class:`Result` in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    workers = workers or default_workers()
+    prefetch = prefetch or max(2 * batch_size, 4 * workers)
+    times = times if times is not None else StageTimes()
+    numbered = enumerate(images)
+    with ThreadPoolExecutor(workers, thread_name_prefix="resnet50-prep") as pool:
+        inflight: deque[Future] = deque(
+            pool.submit(_prepare, i, img) for i, img in itertools.islice(numbered, prefetch)
+        )
+        try:
+            batch: list[tuple] = []
+            while inflight:
+                item = inflight.popleft().result()
+                for i, img in itertools.islice(numbered, 1):
+                    inflight.append(pool.submit(_prepare, i, img))
+                times.preprocess += item[5]
+                batch.append(item)
+                if sum(entry[2] is not None for entry in batch) >= batch_size or not inflight:
+                    yield from _finish(model, batch, top_k, times)
+                    batch = []
+        finally:
+            for future in inflight:
+                future.cancel()
+
+
+def _finish(model, batch: list[tuple], top_k: int, times: StageTimes) -> Iterator[Result]:
+    good = [entry for entry in batch if entry[2] is not None]
+    classified: dict[int, Classification] = {}
+    if good:
+        crops = np.stack([entry[2] for entry in good])
+        tensor = crops if model.input_dtype == np.uint8 else normalize(crops)
+        start = time.perf_counter()
+        outputs = model.run(tensor, top_k)
+        times.infer += time.perf_counter() - start
+        times.batches.append(len(good))
+        start = time.perf_counter()
+        ctx = PreprocessContext([e[1] for e in good], [e[3] for e in good], batched=True)
+        for entry, result in zip(good, postprocess(outputs, ctx, top_k)):
+            classified[entry[0]] = result
+        times.postprocess += time.perf_counter() - start
+    for index, source, _, _, error, _ in batch:
+        yield Result(index, source, classified.get(index), error)

@@ -1,0 +1,76 @@
+"""What every backend provides, and the check that a model has the MLPerf interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..constants import INPUT_NAME, NUM_CLASSES, SOFTMAX_OUTPUT, TOPK_INPUT, UINT8_INPUT_NAME
+from ..errors import ModelFileError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple  # ints, or None/str for dynamic axes
+
+    def __str__(self) -> str:
+        dims = ",".join("?" if not isinstance(d, int) or d < 0 else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype}[{dims}]"
+
+
+def _fixed(dim) -> int | None:
+    return dim if isinstance(dim, int) and dim >= 0 else None
+
+
+def check_interface(path: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    """Refuse a model that is not ResNet50 v1.5 with the MLPerf interface (or our variants)."""
+    by_name = {t.name: t for t in inputs}
+    image = by_name.get(INPUT_NAME) or by_name.get(UINT8_INPUT_NAME)
+    problem = None
+    if image is None:
+        problem = f"it has no input {INPUT_NAME!r} (inputs: {', '.join(map(str, inputs)) or 'none'})"
+    elif len(image.shape) != 4 or [_fixed(d) for d in image.shape[1:]] != [3, 224, 224]:
+        problem = f"its input {image} is not [N,3,224,224]"
+    elif image.dtype != ("float32" if image.name == INPUT_NAME else "uint8"):
+        problem = f"its input {image} has the wrong element type"
+    elif set(by_name) - {INPUT_NAME, UINT8_INPUT_NAME, TOPK_INPUT}:
+        problem = f"it has unexpected inputs ({', '.join(map(str, inputs))})"
+    else:
+        out = {t.name: t for t in outputs}
+        scores = out.get(SOFTMAX_OUTPUT)
+        if scores is None and "topk_scores" not in out:
+            problem = f"it has no output {SOFTMAX_OUTPUT!r} (outputs: {', '.join(map(str, outputs)) or 'none'})"
+        elif scores is not None and _fixed(scores.shape[-1]) not in (NUM_CLASSES, None):
+            problem = f"its output {scores} does not have {NUM_CLASSES} classes"
+    if problem:
+        raise ModelFileError(f"{path}: not a ResNet50 v1.5 model with the MLPerf interface: {problem}")
+
+
+class Backend(ABC):
+    """A loaded model that maps input arrays to named output arrays."""
+
+    name: str = "backend"
+
+    def __init__(self, model_path: str):
+        self.model_path = model_path
+
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; releases the GIL while computing."""
+
+    def describe(self) -> dict:
+        """Facts for ``resnet50 info``."""
+        return {"backend": self.name}

@@ -1,0 +1,70 @@
+"""ONNX Runtime on CPU: the default backend."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ModelFileError
+from .base import Backend, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(uint8)": "uint8",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+}
+
+
+def physical_cores() -> int:
+    """Cores this process may use (affinity-aware); ONNX Runtime's default is the same count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str, *, threads: int | None = None, optimized_cache: str | None = None):
+        import onnxruntime as ort
+
+        super().__init__(model_path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = threads or physical_cores()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        if optimized_cache:
+            options.optimized_model_filepath = optimized_cache
+        try:
+            self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{model_path}: not a readable ONNX model (truncated or not ONNX?): {first_line}"
+            ) from None
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    @staticmethod
+    def _specs(values) -> list[TensorSpec]:
+        return [TensorSpec(v.name, _ORT_TYPES.get(v.type, v.type), tuple(v.shape)) for v in values]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._specs(self.session.get_inputs())
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._specs(self.session.get_outputs())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"backend": self.name, "backend_version": ort.__version__, "threads": self.threads}

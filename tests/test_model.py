@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from resnet50 import Classification, InvalidInputError, ModelFileError, ResNet50, postprocess, preprocess
+from resnet50.graph import build_model
+from resnet50.samples import synthetic_batch
+from resnet50.weights import resolve
+
+
+@pytest.fixture(scope="module")
+def varied_images():
+    return synthetic_batch(12, seed=300)
+
+
+def test_load_reports_synthetic_weights(model_fp32):
+    assert model_fp32.weights == "synthetic"
+    info = model_fp32.info()
+    assert info["weights"] == "synthetic" and info["backend"] == "onnxruntime" and info["precision"] == "fp32"
+    assert len(info["md5"]) == 32 and info["mlperf_release"] is None
+
+
+def test_run_any_batch_size_matches_single_images(model_fp32, varied_images):
+    tensor, _ = preprocess(varied_images[:5])
+    batch = model_fp32.run(tensor)
+    assert batch["softmax_tensor:0"].shape == (5, 1001) and batch["ArgMax:0"].shape == (5,)
+    np.testing.assert_allclose(batch["softmax_tensor:0"].sum(axis=1), 1.0, rtol=1e-5)
+    for i in range(5):
+        single = model_fp32(tensor[i : i + 1])["softmax_tensor:0"][0]
+        np.testing.assert_allclose(single, batch["softmax_tensor:0"][i], rtol=1e-4, atol=1e-6)
+
+
+def test_predictions_vary_between_images(model_fp32, varied_images):
+    results = model_fp32.classify(varied_images)
+    assert len({r.class_id for r in results}) >= 6  # synthetic weights still separate images
+
+
+def test_python_and_native_postprocessing_are_identical(model_fp32, model_native, varied_images, sample_photos):
+    images = varied_images + [str(p) for p in sample_photos]
+    python = model_fp32.classify(images, top_k=10)
+    native = model_native.classify(images, top_k=10)
+    assert python == native
+    for result in python:
+        assert all(1 <= p.class_id <= 1000 and p.label != "background" for p in result.predictions)
+        assert [p.score for p in result.predictions] == sorted((p.score for p in result.predictions), reverse=True)
+
+
+def test_native_takes_uint8_crop(model_native, sample_photos):
+    tensor, ctx = model_native.preprocess(str(sample_photos[0]))
+    assert tensor.dtype == np.uint8
+    out = model_native.run(tensor, top_k=3)
+    assert out["topk_class_ids"].shape == (1, 3)
+    result = model_native.postprocess(out, ctx, top_k=3)
+    assert isinstance(result, Classification) and len(result.predictions) == 3
+
+
+def test_python_postprocess_never_reports_background():
+    softmax = np.full((1, 1001), 1e-4, np.float32)
+    softmax[0, 0] = 0.9  # background wins the raw argmax
+    softmax[0, 7] = 0.05
+    result = postprocess(softmax, top_k=2)[0]
+    assert [p.class_id for p in result.predictions] == [7, 1]  # ties break to the lower id
+    assert result.label == "stingray" and result.predictions[1].label == "tench"  # ImageNet index 6 and 0
+
+
+def test_single_image_gives_single_result(model_fp32, sample_photos):
+    result = model_fp32.classify(str(sample_photos[1]))
+    assert isinstance(result, Classification) and result.source.endswith("coffee.png")
+    assert len(result.predictions) == 5
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (np.zeros((1, 3, 224, 224), np.float64), "dtype float64, expected float32"),
+        (np.zeros((1, 224, 224, 3), np.float32), r"shape \[1, 224, 224, 3\]"),
+        (np.zeros((3, 224, 224), np.float32), r"shape \[3, 224, 224\]"),
+        (np.zeros((0, 3, 224, 224), np.float32), r"shape \[0, 3, 224, 224\]"),
+        ([[1.0]], "must be a numpy array"),
+    ],
+)
+def test_bad_tensors_are_refused(model_fp32, tensor, message):
+    with pytest.raises(InvalidInputError, match=message):
+        model_fp32.run(tensor)
+
+
+def test_native_refuses_float_tensor(model_native):
+    with pytest.raises(InvalidInputError, match="use_native models take the uint8 crop"):
+        model_native.run(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_bad_load_arguments():
+    with pytest.raises(InvalidInputError, match="precision 'fp64'"):
+        ResNet50.load(precision="fp64")
+    with pytest.raises(InvalidInputError, match="threads must be at least 1"):
+        ResNet50.load(threads=0)
+
+
+def test_async_load_and_run_do_not_block_the_loop(sample_photos):
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        model = await ResNet50.load_async()
+        tensor, ctx = model.preprocess([str(p) for p in sample_photos])
+        outputs = await model.run_async(tensor)
+        task.cancel()
+        return model.postprocess(outputs, ctx), ticks
+
+    results, ticks = asyncio.run(main())
+    assert len(results) == len(sample_photos) and ticks >= 3
+
+
+# --- model files ---------------------------------------------------------------------------
+
+
+def _interface_copy(tmp_path, opset: int):
+    """A file with the MLPerf interface and the same weights, written independently of the cache."""
+    source = onnx.load(str(resolve().path))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in source.graph.initializer}
+    path = tmp_path / f"mlperf_like_opset{opset}.onnx"
+    onnx.save(build_model(weights, opset=opset), str(path))
+    return path
+
+
+@pytest.mark.parametrize("opset", [11, 8])
+def test_file_with_mlperf_interface_gives_same_outputs(tmp_path, model_fp32, sample_photos, opset):
+    path = _interface_copy(tmp_path, opset)
+    other = ResNet50.load(model=path)
+    assert other.weights == "custom"  # same interface, but neither the MLPerf checksum nor our marker
+    tensor, _ = preprocess([str(p) for p in sample_photos])
+    np.testing.assert_array_equal(other.run(tensor)["ArgMax:0"], model_fp32.run(tensor)["ArgMax:0"])
+    np.testing.assert_allclose(
+        other.run(tensor)["softmax_tensor:0"], model_fp32.run(tensor)["softmax_tensor:0"], rtol=1e-5, atol=1e-7
+    )
+    native = ResNet50.load(model=path, use_native=True)  # opset 8 is upgraded for the fused nodes
+    assert native.classify([str(p) for p in sample_photos]) == model_fp32.classify([str(p) for p in sample_photos])
+
+
+def test_model_from_environment_variable(tmp_path, monkeypatch, model_fp32):
+    monkeypatch.setenv("RESNET50_MODEL", str(model_fp32.source.path))
+    model = ResNet50.load()
+    assert model.source.origin == "RESNET50_MODEL" and model.weights == "synthetic"
+    monkeypatch.setenv("RESNET50_MODEL", str(tmp_path / "missing.onnx"))
+    with pytest.raises(ModelFileError, match=r"missing.onnx: model file not found \(from RESNET50_MODEL\)"):
+        ResNet50.load()
+
+
+def test_truncated_model_file(tmp_path, model_fp32):
+    data = model_fp32.source.path.read_bytes()
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match=r"truncated.onnx: not a readable ONNX model"):
+        ResNet50.load(model=path)
+
+
+def test_non_onnx_file(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("hello, I am a text file\n" * 100)
+    with pytest.raises(ModelFileError, match=r"notes.onnx: not a readable ONNX model"):
+        ResNet50.load(model=path)
+
+
+def test_random_onnx_model_is_refused(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    expected = (
+        r"tiny.onnx: not a ResNet50 v1.5 model with the MLPerf interface: "
+        r"it has no input 'input_tensor:0' \(inputs: x float32\[1,3,32,32\]\)"
+    )
+    with pytest.raises(ModelFileError, match=expected):
+        ResNet50.load(model=path)
+    with pytest.raises(ModelFileError, match=expected):
+        ResNet50.load(model=path, use_native=True)
+
+
+def test_wrong_class_count_is_refused(tmp_path):
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input_tensor:0"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["softmax_tensor:0"]),
+        ],
+        "wrong",
+        [helper.make_tensor_value_info("input_tensor:0", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("softmax_tensor:0", TensorProto.FLOAT, ["N", 3])],
+    )
+    path = tmp_path / "wrong.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    with pytest.raises(ModelFileError, match="does not have 1001 classes"):
+        ResNet50.load(model=path)

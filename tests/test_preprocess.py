@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from reference import reference_tensor
+from resnet50 import ImageDecodeError, InputNotFoundError, InvalidInputError, preprocess
+from resnet50.preprocess import resized_size
+
+KINDS = [
+    "jpeg", "png", "bmp", "webp", "gray", "gray_jpeg", "rgba", "png16", "small", "tiny",
+    "wide", "tall", "square", "odd", "exif_rotated",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_path_input_equals_mlperf_reference_bit_for_bit(image_files, kind):
+    tensor, ctx = preprocess(str(image_files[kind]))
+    expected = reference_tensor(image_files[kind])
+    assert tensor.dtype == np.float32 and tensor.shape == (1, 3, 224, 224)
+    assert np.array_equal(tensor, expected), f"max |diff| {np.abs(tensor - expected).max()}"
+    assert ctx.sources == [str(image_files[kind])] and not ctx.batched
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png16", "exif_rotated", "gray"])
+def test_bytes_input_equals_path_input(image_files, kind):
+    path = image_files[kind]
+    assert np.array_equal(preprocess(path.read_bytes())[0], reference_tensor(path))
+
+
+def test_exif_orientation_is_applied(image_files):
+    # 300x400 stored with orientation 6 is shown (and decoded) as 400x300.
+    _, ctx = preprocess(image_files["exif_rotated"])
+    assert ctx.sizes == [(400, 300)]
+
+
+def test_numpy_bgr_array_and_pil_image(image_files):
+    from PIL import Image
+
+    bgr = cv2.imread(str(image_files["png"]))
+    expected = reference_tensor(image_files["png"])
+    assert np.array_equal(preprocess(bgr)[0], expected)
+    assert np.array_equal(preprocess(Image.open(image_files["png"]))[0], expected)
+    gray = cv2.imread(str(image_files["gray"]), cv2.IMREAD_GRAYSCALE)
+    assert np.array_equal(preprocess(gray)[0], reference_tensor(image_files["gray"]))
+
+
+def test_list_gives_batch_in_order(image_files):
+    files = [image_files[k] for k in ("jpeg", "tall", "small")]
+    tensor, ctx = preprocess(files)
+    assert tensor.shape == (3, 3, 224, 224) and ctx.batched
+    for i, path in enumerate(files):
+        assert np.array_equal(tensor[i : i + 1], reference_tensor(path))
+    assert ctx.sizes == [(375, 500), (1999, 260), (100, 150)]
+
+
+def test_without_scaling_gives_uint8_rgb_crop(image_files):
+    crop, _ = preprocess(image_files["jpeg"], with_scaling=False)
+    assert crop.dtype == np.uint8 and crop.shape == (1, 3, 224, 224)
+    means = np.array([123.68, 116.78, 103.94], np.float32).reshape(1, 3, 1, 1)
+    assert np.array_equal(crop.astype(np.float32) - means, reference_tensor(image_files["jpeg"]))
+
+
+def test_resize_geometry_matches_reference_arithmetic():
+    assert resized_size(375, 500) == (256, 341)
+    assert resized_size(500, 375) == (341, 256)
+    assert resized_size(300, 300) == (256, 256)
+    assert resized_size(7, 5) == (358, 256)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputNotFoundError, match=r"nope\.jpg: no such file"):
+        preprocess(tmp_path / "nope.jpg")
+
+
+def test_corrupt_bytes_and_empty_input():
+    with pytest.raises(ImageDecodeError, match="not a decodable image"):
+        preprocess(b"this is not an image")
+    with pytest.raises(ImageDecodeError, match="empty input"):
+        preprocess(b"")
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [("jpeg", "truncated JPEG"), ("png", "truncated PNG"), ("webp", "truncated WebP"), ("bmp", "truncated BMP")],
+)
+def test_truncated_files_are_refused(image_files, tmp_path, kind, what):
+    data = image_files[kind].read_bytes()
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageDecodeError, match=f"cut.{kind}: {what}"):
+        preprocess(cut)
+
+
+def test_bad_arrays_name_the_problem():
+    with pytest.raises(InvalidInputError, match="dtype float32"):
+        preprocess(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(InvalidInputError, match=r"shape \(10, 10, 2\)"):
+        preprocess(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(InvalidInputError, match="unsupported input type"):
+        preprocess(42)
+    with pytest.raises(InvalidInputError, match="empty list"):
+        preprocess([])
+
+
+def test_directory_is_not_an_image(tmp_path):
+    with pytest.raises(InvalidInputError, match="is a directory"):
+        preprocess(tmp_path)
