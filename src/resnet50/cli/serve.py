@@ -1,0 +1,139 @@
+"""``resnet50 serve``: run the HTTP server (``/v1/classify``, KServe v2, ``/metrics``, web page)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import sys
+
+from .common import add_model_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="HTTP inference server with dynamic batching, KServe v2 endpoints and a web page",
+        description="Serve the model over HTTP. SIGTERM or Ctrl-C answers every accepted request, then exits.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-batch", type=int, default=8, metavar="B", help="images per model run (default 8)")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=5.0, metavar="MS", help="how long a batch waits to fill (default 5)"
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests in flight at once; more get 503 with Retry-After (default 64)",
+    )
+    parser.add_argument(
+        "--max-body-mb", type=float, default=32.0, metavar="MB", help="largest request body; more get 413 (default 32)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="decode/preprocess threads (default: cores, at most 4)"
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, wait at most this long for in-flight requests (default 30)",
+    )
+    parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    add_model_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from ..errors import InvalidInputError
+
+    checks = [
+        (args.max_batch >= 1, f"--max-batch must be at least 1, got {args.max_batch}"),
+        (args.max_wait_ms >= 0, f"--max-wait-ms must be at least 0, got {args.max_wait_ms}"),
+        (args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}"),
+        (args.max_body_mb > 0, f"--max-body-mb must be positive, got {args.max_body_mb}"),
+        (args.workers is None or args.workers >= 1, f"--workers must be at least 1, got {args.workers}"),
+        (0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}"),
+        (args.graceful_timeout > 0, f"--graceful-timeout must be positive, got {args.graceful_timeout}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InvalidInputError(message)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    from ..errors import InvalidInputError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import BackendUnavailableError
+
+    _check(args)
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+    except ImportError as exc:
+        raise BackendUnavailableError(f"resnet50 serve needs {exc.name}: pip install 'resnet50[serve]'") from None
+    from ..pipeline import default_workers
+    from .common import load_model
+
+    model = load_model(args)
+    workers = args.workers or default_workers()
+    app = create_app(
+        model,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_mb=args.max_body_mb,
+        workers=workers,
+    )
+    sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        access_log=args.log_level in ("info", "debug"),
+        lifespan="on",
+    )
+    print(
+        f"resnet50 serve: listening on http://{shown}:{port} ({model.precision}, weights {model.weights}, "
+        f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, max queue {args.max_queue}, "
+        f"{workers} decode threads)",
+        file=sys.stderr,
+        flush=True,
+    )
+    _draining_server(config).run(sockets=[sock])
+    return 0
+
+
+def _draining_server(config):
+    """uvicorn's server, except that a SIGTERM/SIGINT it drained gracefully ends with exit code 0
+    instead of being re-raised afterwards (which would kill the process by that signal)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                if hasattr(self, "_captured_signals"):
+                    self._captured_signals.clear()
+
+    return DrainingServer(config)
