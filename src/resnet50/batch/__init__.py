@@ -1,0 +1,224 @@
+"""Classify whole datasets: a folder, a file list, or a Parquet/CSV table of paths, locally
+(the overlapped CPU pipeline) or on a Ray cluster (Ray Data), with the same rows either way.
+
+- :func:`classify_dataset` returns the rows: a ``pyarrow.Table`` (local) or a lazy Ray
+  Dataset (``engine="ray"``) to consume or ``write_parquet`` where you like.
+- :func:`run_batch` streams them into ``.parquet``, ``.csv`` or ``.jsonl`` with bounded
+  memory, and with ``resume=True`` skips the paths the output already holds.
+
+One row per image (see :data:`COLUMNS`); a missing or corrupt image gets a row whose
+``error`` says why, and the job goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from ..errors import InvalidInputError
+from .inputs import list_inputs
+from .rows import COLUMNS, schema
+from .writers import RowWriter, check_output, done_paths
+
+ENGINES = ("local", "ray")
+
+__all__ = ["COLUMNS", "ENGINES", "BatchSummary", "classify_dataset", "list_inputs", "run_batch", "schema"]
+
+
+@dataclass
+class BatchSummary:
+    """What a :func:`run_batch` call did."""
+
+    output: str
+    engine: str
+    weights: str
+    precision: str
+    inputs: int  # paths the source names
+    skipped: int  # already in the output (resume)
+    classified: int  # rows written with a result
+    errors: int  # rows written with an error
+    seconds: float
+
+    @property
+    def rows(self) -> int:
+        return self.classified + self.errors
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "rows": self.rows, "images_per_second": round(self.images_per_second, 2)}
+
+
+def _check(engine: str, batch_size: int, top_k: int) -> None:
+    if engine not in ENGINES:
+        raise InvalidInputError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
+    if not 1 <= top_k <= 1000:
+        raise InvalidInputError(f"top_k must be in 1..1000, got {top_k}")
+
+
+def _load(model, precision: str, use_native: bool, threads: int | None, device: str = "cpu"):
+    """A loaded model, or load one (a path or None → MLPerf/synthetic as ResNet50.load decides)."""
+    from ..model import ResNet50
+
+    if isinstance(model, ResNet50):
+        return model
+    return ResNet50.load(precision, device, use_native, model=model, threads=threads)
+
+
+def _tables(paths: list[str], model, *, engine: str, batch_size: int, top_k: int, threads, ray_options: dict):
+    if engine == "local":
+        from .local import iter_tables
+
+        return iter_tables(model, paths, batch_size=batch_size, top_k=top_k)
+    from . import ray_engine
+
+    return ray_engine.iter_tables(
+        _ray_dataset(paths, model, batch_size=batch_size, top_k=top_k, threads=threads, **ray_options)
+    )
+
+
+def _ray_dataset(
+    paths: list[str],
+    model,
+    *,
+    batch_size: int,
+    top_k: int,
+    threads: int | None = None,
+    address=None,
+    num_workers=None,
+    cpus_per_worker=1.0,
+    actor_class=None,
+    max_restarts=None,
+    preserve_order=True,
+):
+    from . import ray_engine
+
+    ray_engine.ensure_ray(address)
+    options = {"actor_class": actor_class} if actor_class is not None else {}
+    return ray_engine.build_dataset(
+        paths,
+        precision=model.precision,
+        use_native=model.use_native,
+        model=os.fspath(model.source.path),
+        threads=threads,
+        batch_size=batch_size,
+        top_k=top_k,
+        num_workers=num_workers or 1,
+        cpus_per_worker=cpus_per_worker,
+        max_restarts=max_restarts,
+        preserve_order=preserve_order,
+        **options,
+    )
+
+
+def classify_dataset(
+    source: str | os.PathLike | Iterable[str],
+    *,
+    engine: str = "local",
+    precision: str = "fp32",
+    device: str = "cpu",
+    use_native: bool = False,
+    model=None,
+    threads: int | None = None,
+    batch_size: int = 8,
+    top_k: int = 5,
+    path_column: str = "path",
+    **ray_options,
+):
+    """Classify every image ``source`` names; return the rows.
+
+    ``engine="local"`` gives a ``pyarrow.Table`` (``.to_pandas()`` for pandas) in input order;
+    ``engine="ray"`` gives a lazy ``ray.data.Dataset`` (connects to ``address`` or starts a
+    local Ray; ``num_workers`` model actors of ``cpus_per_worker`` CPUs each). ``model`` is a
+    loaded :class:`~resnet50.ResNet50`, a model file, or None for the default.
+    """
+    _check(engine, batch_size, top_k)
+    if engine == "local" and ray_options:
+        raise InvalidInputError(f"options {', '.join(ray_options)} are for engine='ray' only")
+    paths = list_inputs(source, path_column)
+    loaded = _load(model, precision, use_native, threads, device)
+    if engine == "ray":
+        return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, threads=threads, **ray_options)
+    import pyarrow as pa
+
+    tables = list(
+        _tables(paths, loaded, engine="local", batch_size=batch_size, top_k=top_k, threads=threads, ray_options={})
+    )
+    return pa.concat_tables(tables) if tables else schema().empty_table()
+
+
+def run_batch(
+    source: str | os.PathLike | Iterable[str],
+    output: str | os.PathLike,
+    *,
+    engine: str = "local",
+    resume: bool = False,
+    overwrite: bool = False,
+    precision: str = "fp32",
+    device: str = "cpu",
+    use_native: bool = False,
+    model=None,
+    threads: int | None = None,
+    batch_size: int = 8,
+    top_k: int = 5,
+    path_column: str = "path",
+    progress: bool = False,
+    **ray_options,
+) -> BatchSummary:
+    """Classify every image ``source`` names into ``output`` (.parquet, .csv or .jsonl), streaming.
+
+    ``resume=True`` keeps the rows already in ``output`` and classifies only the other paths.
+    ``progress=True`` shows a bar with images/s and ETA on stderr.
+    """
+    from tqdm import tqdm
+
+    _check(engine, batch_size, top_k)
+    check_output(output, resume=resume, overwrite=overwrite)
+    paths = list_inputs(source, path_column)
+    skipped = 0
+    if resume:
+        done = done_paths(output)
+        pending = [p for p in paths if p not in done]
+        skipped = len(paths) - len(pending)
+        paths = pending
+    loaded = _load(model, precision, use_native, threads, device)
+    classified = errors = 0
+    start = time.perf_counter()
+    with (
+        RowWriter(output, resume=resume, overwrite=overwrite) as writer,
+        tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr, smoothing=0.1) as bar,
+    ):
+        if paths:
+            tables = _tables(
+                paths,
+                loaded,
+                engine=engine,
+                batch_size=batch_size,
+                top_k=top_k,
+                threads=threads,
+                ray_options=ray_options,
+            )
+            for table in tables:
+                writer.write(table)
+                bad = sum(1 for e in table.column("error").to_pylist() if e)
+                errors += bad
+                classified += table.num_rows - bad
+                bar.update(table.num_rows)
+    return BatchSummary(
+        os.fspath(output),
+        engine,
+        loaded.weights,
+        loaded.precision,
+        len(paths) + skipped,
+        skipped,
+        classified,
+        errors,
+        time.perf_counter() - start,
+    )
