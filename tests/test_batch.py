@@ -1,0 +1,290 @@
+"""``resnet50 batch``: inputs, rows, writers, resume, CLI, and local/Ray parity under faults."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet50.batch import COLUMNS, classify_dataset, list_inputs, run_batch
+from resnet50.batch.writers import RowWriter, parts_dir
+from resnet50.cli import main
+from resnet50.errors import InputNotFoundError, InvalidInputError
+
+GOOD = 10
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> dict:
+    """A folder of generated JPEGs plus a corrupt and a truncated one, and a list naming a missing file."""
+    from resnet50.samples import write_jpegs
+
+    root = tmp_path_factory.mktemp("batch")
+    images = root / "images"
+    good = write_jpegs(images, GOOD, seed=100)
+    (images / "corrupt.jpg").write_bytes(b"this is not an image")
+    (images / "truncated.jpg").write_bytes(good[0].read_bytes()[:2000])
+    (images / "notes.md").write_text("not an image suffix: never listed")
+    listed = [f"images/{p.name}" for p in good[:4]] + ["images/missing.jpg", "# a comment", ""]
+    (root / "list.txt").write_text("\n".join(listed) + "\n")
+    return {"root": root, "images": images, "good": [str(p) for p in good]}
+
+
+@pytest.fixture(scope="module")
+def local_rows(dataset, model_fp32) -> list[dict]:
+    return classify_dataset(dataset["images"], model=model_fp32).to_pylist()
+
+
+def _by_path(rows: list[dict]) -> dict[str, dict]:
+    assert len({r["path"] for r in rows}) == len(rows), "a path has more than one row"
+    return {r["path"]: r for r in rows}
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+def test_folder_lists_images_sorted_and_absolute(dataset):
+    paths = list_inputs(dataset["images"])
+    names = [Path(p).name for p in paths]
+    assert names == sorted(["corrupt.jpg", "truncated.jpg"] + [Path(p).name for p in dataset["good"]])
+    assert all(os.path.isabs(p) for p in paths)
+
+
+def test_file_list_is_relative_to_its_folder_and_skips_comments(dataset, monkeypatch):
+    monkeypatch.chdir("/")
+    paths = list_inputs(dataset["root"] / "list.txt")
+    assert paths == [*dataset["good"][:4], str(dataset["images"] / "missing.jpg")]
+
+
+def test_tables_read_the_path_column(dataset, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2], "file": dataset["good"][:2]}), tmp_path / "t.parquet")
+    assert list_inputs(tmp_path / "t.parquet", path_column="file") == dataset["good"][:2]
+    with pytest.raises(InvalidInputError, match=r"t\.parquet: no column 'path' \(columns: id, file\)"):
+        list_inputs(tmp_path / "t.parquet")
+    (tmp_path / "t.csv").write_text("path,split\n" + "".join(f"{p},val\n" for p in dataset["good"][:3]))
+    assert list_inputs(tmp_path / "t.csv") == dataset["good"][:3]
+
+
+def test_bad_sources_are_refused_by_name(tmp_path):
+    with pytest.raises(InputNotFoundError, match="nowhere: no such file or folder"):
+        list_inputs(tmp_path / "nowhere")
+    (tmp_path / "data.bin").write_bytes(b"x")
+    with pytest.raises(InvalidInputError, match=r"data\.bin: not a folder, file list"):
+        list_inputs(tmp_path / "data.bin")
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def test_rows_match_the_model_and_bad_images_get_error_rows(dataset, local_rows, model_fp32):
+    rows = _by_path(local_rows)
+    assert len(rows) == GOOD + 2
+    assert set(local_rows[0]) == set(COLUMNS)
+    for path in dataset["good"]:
+        row, expected = rows[path], model_fp32.classify(path, top_k=5)
+        assert row["error"] == "" and row["weights"] == "synthetic"
+        assert (row["class_id"], row["label"]) == (expected.class_id, expected.label)
+        assert row["top_k_ids"] == [p.class_id for p in expected.predictions]
+        np.testing.assert_allclose(row["top_k_scores"], [p.score for p in expected.predictions], rtol=1e-5)
+        assert row["score"] == row["top_k_scores"][0]
+    corrupt = rows[str(dataset["images"] / "corrupt.jpg")]
+    assert corrupt["error"].endswith("corrupt.jpg: not a decodable image (JPEG, PNG, BMP, WebP, TIFF ...)")
+    assert (corrupt["class_id"], corrupt["label"], corrupt["score"], corrupt["top_k_ids"]) == (None, None, None, [])
+    truncated = rows[str(dataset["images"] / "truncated.jpg")]
+    assert "truncated.jpg: truncated JPEG" in truncated["error"]
+
+
+def test_missing_file_in_a_list_becomes_an_error_row(dataset, model_fp32):
+    rows = classify_dataset(dataset["root"] / "list.txt", model=model_fp32, top_k=2).to_pylist()
+    assert [r["path"] for r in rows] == list_inputs(dataset["root"] / "list.txt")
+    assert rows[-1]["error"] == f"{dataset['images'] / 'missing.jpg'}: no such file"
+    assert all(len(r["top_k_ids"]) == 2 for r in rows[:-1])
+
+
+# --- writers and resume -------------------------------------------------------------------
+
+
+def _read(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            blank = row["error"] != ""
+            out.append(
+                {
+                    **row,
+                    "class_id": None if blank else int(row["class_id"]),
+                    "label": None if blank else row["label"],
+                    "score": None if blank else float(row["score"]),
+                    "top_k_ids": json.loads(row["top_k_ids"]),
+                    "top_k_scores": json.loads(row["top_k_scores"]),
+                }
+            )
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_every_format_holds_the_same_rows(dataset, local_rows, model_fp32, tmp_path, suffix):
+    out = tmp_path / f"results{suffix}"
+    summary = run_batch(dataset["images"], out, model=model_fp32)
+    assert (summary.inputs, summary.classified, summary.errors, summary.skipped) == (GOOD + 2, GOOD, 2, 0)
+    assert _read(out) == local_rows
+    assert not parts_dir(out).exists()
+
+
+def test_existing_output_is_refused_and_kept(dataset, model_fp32, tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("precious\n")
+    with pytest.raises(InvalidInputError, match=r"r\.csv: it exists; use --resume to continue it or --overwrite"):
+        run_batch(dataset["images"], out, model=model_fp32)
+    assert out.read_text() == "precious\n"
+    with pytest.raises(InvalidInputError, match=r"r\.txt: unknown output format"):
+        run_batch(dataset["images"], tmp_path / "r.txt", model=model_fp32)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_resume_skips_paths_already_done(dataset, local_rows, model_fp32, tmp_path, suffix):
+    out = tmp_path / f"results{suffix}"
+    first = run_batch(dataset["root"] / "list.txt", out, model=model_fp32)  # 4 images + 1 missing
+    assert (first.classified, first.errors) == (4, 1)
+    second = run_batch(dataset["images"], out, model=model_fp32, resume=True)
+    assert (second.inputs, second.skipped, second.classified, second.errors) == (GOOD + 2, 4, GOOD - 4, 2)
+    rows = _by_path(_read(out))
+    assert len(rows) == GOOD + 2 + 1  # the missing file's row from the list stays
+    assert {p: r for p, r in rows.items() if "missing" not in p} == _by_path(local_rows)
+    third = run_batch(dataset["images"], out, model=model_fp32, resume=True)
+    assert (third.skipped, third.rows) == (GOOD + 2, 0)
+
+
+def test_resume_picks_up_the_parts_of_a_killed_parquet_run(dataset, local_rows, model_fp32, tmp_path):
+    from resnet50.batch.rows import to_table
+
+    out = tmp_path / "results.parquet"
+    killed = RowWriter(out, flush_rows=1)
+    killed.write(to_table(local_rows[:3]))
+    killed.write(to_table(local_rows[3:5]))  # no close(): as if the process died here
+    assert not out.exists() and len(list(parts_dir(out).glob("part-*.parquet"))) == 2
+    with pytest.raises(InvalidInputError, match="an interrupted run's parts of it exist; use --resume"):
+        run_batch(dataset["images"], out, model=model_fp32)
+    summary = run_batch(dataset["images"], out, model=model_fp32, resume=True)
+    assert (summary.skipped, summary.rows) == (5, GOOD + 2 - 5)
+    assert _by_path(_read(out)) == _by_path(local_rows)
+    assert not parts_dir(out).exists()
+
+
+def test_resume_cuts_a_half_written_csv_line(dataset, local_rows, model_fp32, tmp_path):
+    out = tmp_path / "results.csv"
+    run_batch(dataset["root"] / "list.txt", out, model=model_fp32)
+    with open(out, "a") as f:
+        f.write(f"{dataset['good'][6]},12,some label,0.5")  # killed mid-line
+    summary = run_batch(dataset["images"], out, model=model_fp32, resume=True)
+    assert summary.skipped == 4
+    rows = _by_path(_read(out))
+    assert rows[dataset["good"][6]] == _by_path(local_rows)[dataset["good"][6]]
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def test_cli_writes_rows_and_prints_a_json_summary(dataset, local_rows, tmp_path, capsys):
+    out = tmp_path / "cli.parquet"
+    assert main(["batch", str(dataset["images"]), "-o", str(out), "--batch", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {k: summary[k] for k in ("rows", "classified", "errors", "weights", "engine")} == {
+        "rows": GOOD + 2,
+        "classified": GOOD,
+        "errors": 2,
+        "weights": "synthetic",
+        "engine": "local",
+    }
+    assert _read(out) == local_rows
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--resume", "--overwrite"], "--resume and --overwrite contradict each other; pick one"),
+        (["--num-workers", "2"], "--address and --num-workers need --engine ray"),
+        (["--engine", "ray", "--num-workers", "0"], "--num-workers must be at least 1, got 0"),
+        (["--batch", "0"], "batch size must be at least 1, got 0"),
+    ],
+)
+def test_cli_bad_options_give_one_line_and_exit_2(dataset, tmp_path, capsys, extra, message):
+    assert main(["batch", str(dataset["images"]), "-o", str(tmp_path / "x.csv"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"resnet50 batch: error: {message}"
+    assert not (tmp_path / "x.csv").exists()
+
+
+# --- Ray ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="the ray engine needs ray[data] (pip install 'resnet50[ray]')")
+    pytest.importorskip("ray.data", reason="the ray engine needs ray[data]")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_gives_the_same_rows_as_local(ray_local, dataset, local_rows, model_fp32, tmp_path):
+    from resnet50.batch.ray_engine import iter_tables
+
+    ray_rows = [
+        row
+        for t in iter_tables(classify_dataset(dataset["images"], engine="ray", model=model_fp32))
+        for row in t.to_pylist()
+    ]
+    assert ray_rows == local_rows  # same order, same values, bit for bit
+    out = tmp_path / "ray.jsonl"
+    summary = run_batch(dataset["images"], out, engine="ray", model=model_fp32, batch_size=3)
+    assert (summary.engine, summary.classified, summary.errors) == ("ray", GOOD, 2)
+    assert _read(out) == local_rows
+
+
+def test_ray_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, dataset, local_rows, model_fp32, tmp_path):
+    from resnet50.batch.ray_engine import RayClassifier
+
+    marker = str(tmp_path / "killed-once")
+
+    class DyingClassifier(RayClassifier):
+        """Kills its own process on its second batch, the first time only (marker file)."""
+
+        calls = 0
+
+        def __call__(self, batch):
+            self.calls += 1
+            if self.calls == 2:
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                    os._exit(1)
+                except FileExistsError:
+                    pass
+            return super().__call__(batch)
+
+    out = tmp_path / "ray.parquet"
+    summary = run_batch(
+        dataset["images"],
+        out,
+        engine="ray",
+        model=model_fp32,
+        batch_size=2,
+        actor_class=DyingClassifier,
+        max_restarts=2,
+    )
+    assert os.path.exists(marker), "the actor never died: the fault was not injected"
+    assert (summary.classified, summary.errors) == (GOOD, 2)
+    assert _read(out) == local_rows
