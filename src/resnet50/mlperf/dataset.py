@@ -64,6 +64,13 @@ def read_val_map(path: str | os.PathLike) -> list[tuple[str, int]]:
     return entries
 
 
+def write_val_map(path: str | os.PathLike, entries: Sequence[tuple[str, int]]) -> Path:
+    """Write ``<file> <label>`` lines (the inverse of :func:`read_val_map`)."""
+    path = Path(path)
+    path.write_text("".join(f"{name} {label}\n" for name, label in entries))
+    return path
+
+
 class ImagenetDataset:
     """Images in a fixed order, with 0..999 labels when read from ``val_map.txt``.
 

@@ -1,0 +1,271 @@
+"""The MLPerf LoadGen harness: every scenario VALID on short runs, accuracy 100% against the
+fp32 model's own labels, the accuracy log in the reference format, and clear dataset errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed")
+
+from resnet50.cli import main
+from resnet50.errors import InputNotFoundError, InvalidInputError, ResNet50Error
+from resnet50.mlperf.accuracy import score
+from resnet50.mlperf.dataset import DatasetError, ImagenetDataset, read_val_map, write_val_map
+from resnet50.mlperf.run import RunOptions, parse_summary, run
+from resnet50.mlperf.sut import labels_from_outputs
+
+COUNT = 12
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+
+# Short runs: the percentile and samples/query are lowered so LoadGen's early-stopping rule is
+# met by ~12 queries; Offline's target_qps stays far above what 2 cores reach, so it stays VALID.
+SHORT_CONF = """
+*.Offline.target_qps = 40
+*.Server.target_qps = 4
+*.Server.target_latency = 5000
+*.Server.target_latency_percentile = 50
+*.SingleStream.target_latency = 100
+*.SingleStream.target_latency_percentile = 50
+*.MultiStream.target_latency = 200
+*.MultiStream.target_latency_percentile = 50
+*.MultiStream.samples_per_query = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory, model_fp32) -> Path:
+    """ImageNet layout whose labels are the fp32 model's own top-1 (via classify, not the harness)."""
+    from resnet50.samples import write_jpegs
+
+    root = tmp_path_factory.mktemp("imagenet")
+    paths = write_jpegs(root, COUNT, seed=100)
+    results = model_fp32.classify([str(p) for p in paths], top_k=1)
+    write_val_map(root / "val_map.txt", [(p.name, r.class_id - 1) for p, r in zip(paths, results)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def short_conf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("conf") / "user.conf"
+    path.write_text(SHORT_CONF)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(imagenet, tmp_path_factory) -> ImagenetDataset:
+    return ImagenetDataset.from_val_map(imagenet, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _options(tmp_path, short_conf, scenario, mode="performance", **kw) -> RunOptions:
+    return RunOptions(
+        scenario=scenario, mode=mode, output=tmp_path / "out", user_conf=short_conf,
+        min_duration_ms=1000, min_query_count=12, **kw,
+    )  # fmt: skip
+
+
+def reference_accuracy(accuracy_log: Path, val_map: Path) -> str:
+    """MLPerf's accuracy-imagenet.py (float32 responses), restated: the line it prints."""
+    imagenet = [(c[0], int(c[1])) for c in (line.strip().split() for line in val_map.read_text().splitlines())]
+    results = json.loads(accuracy_log.read_text())
+    seen, good = set(), 0
+    for j in results:
+        idx = j["qsl_idx"]
+        if idx in seen:
+            continue
+        seen.add(idx)
+        found = int(np.frombuffer(bytes.fromhex(j["data"]), np.float32)[0])
+        good += imagenet[idx][1] == found
+    return f"accuracy={100.0 * good / len(seen):.3f}%, good={good}, total={len(seen)}"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_performance_run_is_valid(scenario, model_fp32, dataset, short_conf, tmp_path):
+    results = run(model_fp32, dataset, _options(tmp_path, short_conf, scenario))
+    out = tmp_path / "out"
+    summary = (out / "mlperf_log_summary.txt").read_text()
+    assert "Result is : VALID" in summary
+    assert f"Scenario : {scenario}" in summary
+    assert results["result"] == "VALID"
+    assert results["weights"] == "synthetic" and "not ImageNet accuracy" in results["warning"]
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "results.json"):
+        assert (out / name).is_file() and name in results["files"]
+    metrics = results["metrics"]
+    if scenario == "Offline":
+        assert metrics["samples_per_second"] == float(parse_summary(summary)["Samples per second"])
+    elif scenario == "Server":
+        assert metrics["completed_samples_per_second"] > 0
+    else:
+        assert metrics["percentile"] == 50.0
+        assert metrics["percentile_latency_ms"] == int(parse_summary(summary)["50.0th percentile latency (ns)"]) / 1e6
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_accuracy_mode_scores_100_for_fp32(scenario, model_fp32, dataset, short_conf, tmp_path):
+    results = run(model_fp32, dataset, _options(tmp_path, short_conf, scenario, mode="accuracy"))
+    log = tmp_path / "out" / "mlperf_log_accuracy.json"
+    entries = json.loads(log.read_text())
+    assert sorted(e["qsl_idx"] for e in entries) == list(range(COUNT))  # every sample once, none dropped
+    assert all(len(bytes.fromhex(e["data"])) == 4 for e in entries)  # one float32 per response
+    assert results["accuracy"]["top1_percent"] == 100.0
+    assert results["accuracy"]["line"] == reference_accuracy(log, dataset.val_map)
+    assert results["accuracy"]["line"] == f"accuracy=100.000%, good={COUNT}, total={COUNT}"
+
+
+def test_accuracy_log_holds_reference_labels(model_fp32, dataset, short_conf, tmp_path):
+    """Each response is float32(ArgMax - 1), the 0..999 label the reference harness writes."""
+    run(model_fp32, dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
+    entries = json.loads((tmp_path / "out" / "mlperf_log_accuracy.json").read_text())
+    found = {e["qsl_idx"]: np.frombuffer(bytes.fromhex(e["data"]), np.float32)[0] for e in entries}
+    argmax = model_fp32.run(dataset.tensor(range(COUNT), np.float32))["ArgMax:0"]
+    assert [found[i] for i in range(COUNT)] == [np.float32(a - 1) for a in argmax]
+
+
+def test_scoring_counts_wrong_labels(model_fp32, dataset, short_conf, tmp_path):
+    run(model_fp32, dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
+    entries = read_val_map(dataset.val_map)
+    wrong = [(name, (label + 1) % 1000 if i in (0, 5) else label) for i, (name, label) in enumerate(entries)]
+    val_map = write_val_map(tmp_path / "wrong.txt", wrong)
+    result = score(tmp_path / "out" / "mlperf_log_accuracy.json", val_map)
+    assert (result.good, result.total) == (COUNT - 2, COUNT)
+    assert result.line() == reference_accuracy(tmp_path / "out" / "mlperf_log_accuracy.json", val_map)
+
+
+def test_native_model_gives_the_same_accuracy_log(model_fp32, model_native, dataset, short_conf, tmp_path):
+    tensor = dataset.tensor(range(COUNT), np.float32)
+    crops = dataset.crops(range(COUNT))
+    assert np.array_equal(labels_from_outputs(model_fp32.run(tensor)), labels_from_outputs(model_native.run(crops)))
+    results = run(model_native, dataset, _options(tmp_path, short_conf, "SingleStream", mode="accuracy"))
+    assert results["accuracy"]["top1_percent"] == 100.0 and results["use_native"] is True
+
+
+def test_inference_failure_is_reported_not_hung(dataset, short_conf, tmp_path, model_fp32):
+    class Broken:
+        weights, precision, use_native, source = "synthetic", "fp32", False, model_fp32.source
+        input_dtype = np.dtype(np.float32)
+
+        def run(self, tensor, top_k=5):
+            raise RuntimeError("device lost")
+
+    with pytest.raises(ResNet50Error, match="inference failed during the LoadGen run: device lost"):
+        run(Broken(), dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
+
+
+def test_options_are_checked(short_conf, tmp_path):
+    with pytest.raises(InvalidInputError, match="--target-qps applies to Offline and Server, not SingleStream"):
+        RunOptions(scenario="SingleStream", target_qps=10).check()
+    with pytest.raises(InvalidInputError, match="scenario 'Offfline' is not one of"):
+        RunOptions(scenario="Offfline").check()
+    with pytest.raises(InputNotFoundError, match=r"nope\.conf: no such user\.conf file"):
+        RunOptions(user_conf=tmp_path / "nope.conf").check()
+
+
+# --- data set ------------------------------------------------------------------------------
+
+
+def test_cache_holds_the_exact_crop_and_is_reused(imagenet, tmp_path):
+    from resnet50.preprocess import preprocess_one
+
+    ds = ImagenetDataset.from_val_map(imagenet, count=3, cache_dir=tmp_path / "cache")
+    assert ds.prepare() == 3
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
+    assert ds.prepare() == 0  # a rerun decodes nothing
+    for i in range(3):
+        assert np.array_equal(ds.crop(i), preprocess_one(ds.paths[i])[0])
+
+
+def test_changed_image_is_decoded_again(imagenet, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(imagenet, root)
+    ds = ImagenetDataset.from_val_map(root, count=2, cache_dir=tmp_path / "cache")
+    ds.prepare()
+    shutil.copyfile(root / "img_00005.jpg", root / "img_00000.jpg")
+    assert ds.prepare() == 1
+    assert np.array_equal(ds.crop(0), ImagenetDataset.from_val_map(imagenet, count=6, cache_dir=tmp_path).crop(5))
+
+
+def test_missing_files_are_all_listed(imagenet, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(imagenet, root)
+    (root / "img_00002.jpg").unlink()
+    (root / "img_00007.jpg").unlink()
+    ds = ImagenetDataset.from_val_map(root, cache_dir=tmp_path / "cache")
+    with pytest.raises(DatasetError) as info:
+        ds.prepare()
+    assert str(info.value) == (
+        "2 of 12 data set files are missing: img_00002.jpg (no such file); img_00007.jpg (no such file)"
+    )
+
+
+def test_corrupt_files_are_all_listed_and_nothing_dropped(imagenet, tmp_path):
+    root = tmp_path / "corrupt"
+    shutil.copytree(imagenet, root)
+    data = (root / "img_00003.jpg").read_bytes()
+    (root / "img_00003.jpg").write_bytes(data[: len(data) // 2])
+    (root / "img_00009.jpg").write_bytes(b"not an image at all")
+    ds = ImagenetDataset.from_val_map(root, cache_dir=tmp_path / "cache")
+    with pytest.raises(DatasetError) as info:
+        ds.prepare()
+    message = str(info.value)
+    assert message.startswith("2 of 12 data set files could not be read: img_00003.jpg (truncated JPEG")
+    assert "; img_00009.jpg (not a decodable image" in message
+    assert [p.split(" ")[0] for p in info.value.problems] == ["img_00003.jpg", "img_00009.jpg"]
+
+
+def test_malformed_val_map_names_the_lines(tmp_path):
+    (tmp_path / "val_map.txt").write_text("a.jpg 3\nb.jpg\nc.jpg 1000\n\nd.jpg 7\n")
+    with pytest.raises(DatasetError, match=r"lines not of the form .*: line 2: 'b.jpg'; line 3: 'c.jpg 1000'$"):
+        ImagenetDataset.from_val_map(tmp_path)
+
+
+def test_count_selects_the_first_entries(imagenet, tmp_path):
+    ds = ImagenetDataset.from_val_map(imagenet, count=5, cache_dir=tmp_path)
+    assert [p.name for p in ds.paths] == [f"img_{i:05d}.jpg" for i in range(5)]
+    with pytest.raises(InvalidInputError, match="--count 13 is more than the 12 images in"):
+        ImagenetDataset.from_val_map(imagenet, count=13)
+    with pytest.raises(InputNotFoundError, match=r"val_map\.txt: no such file"):
+        ImagenetDataset.from_val_map(tmp_path)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_cli_accuracy_run_writes_every_log(imagenet, short_conf, tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = ["mlperf", "--dataset", str(imagenet), "--scenario", "Offline", "--mode", "accuracy", "--count", "6"]
+    argv += ["--output", str(out), "--user-conf", str(short_conf), "--cache", str(tmp_path / "c"), "--json"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in out.iterdir() if p.name != "mlperf_log_trace.json") == [
+        "mlperf_log_accuracy.json", "mlperf_log_detail.txt", "mlperf_log_summary.txt", "results.json",
+    ]  # fmt: skip
+    assert printed == json.loads((out / "results.json").read_text())
+    assert printed["weights"] == "synthetic" and printed["accuracy"]["line"] == "accuracy=100.000%, good=6, total=6"
+
+
+def test_cli_human_output_carries_the_synthetic_warning(imagenet, short_conf, tmp_path, capsys):
+    argv = ["mlperf", "--dataset", str(imagenet), "--mode", "accuracy", "--count", "4", "--scenario", "SingleStream"]
+    assert main([*argv, "--output", str(tmp_path / "o"), "--user-conf", str(short_conf)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 100.000% (4/4) vs val_map.txt" in out
+    assert "WARNING: synthetic weights" in out and "not ImageNet accuracy" in out
+    assert "ImageNet accuracy" not in out.replace("not ImageNet accuracy", "")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dataset", "/nonexistent/imagenet"],
+         "resnet50 mlperf: error: /nonexistent/imagenet: no such data set folder"),
+        (["--dataset", ".", "--scenario", "SingleStream", "--target-qps", "5"],
+         "resnet50 mlperf: error: --target-qps applies to Offline and Server, not SingleStream"),
+    ],
+)  # fmt: skip
+def test_cli_errors_are_one_line_exit_2(extra, message, capsys):
+    assert main(["mlperf", *extra]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
