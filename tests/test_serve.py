@@ -1,0 +1,403 @@
+"""``resnet50 serve`` as a client sees it: a real server subprocess on a loopback port.
+
+Checks that both endpoints give exactly what ``ResNet50.run`` gives, that every bad input is
+a 4xx JSON error naming the problem, that a burst past the queue limit gets 503 with
+Retry-After and nothing else fails, and that SIGTERM answers every accepted request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+class ServerProcess:
+    """``python -m resnet50 serve --port 0 ARGS`` with its stderr in a file; knows its URL."""
+
+    def __init__(self, log_dir: Path, *args: str, start_timeout: float = 120.0):
+        self.log = log_dir / f"serve-{time.monotonic_ns()}.log"
+        self.responses = 0  # responses this helper got while waiting for readiness
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "resnet50", "serve", "--port", "0", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=os.environ,
+            )
+        deadline = time.monotonic() + start_timeout
+        match = None
+        while match is None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"server did not start in {start_timeout}s:\n{self.stderr}")
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.stderr)
+            time.sleep(0.05)
+        self.url = match.group(1)
+        while True:
+            try:
+                response = httpx.get(f"{self.url}/v2/health/ready", timeout=5)
+                self.responses += 1
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"server never became ready:\n{self.stderr}")
+            time.sleep(0.05)
+
+    @property
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(model_fp32, tmp_path_factory):
+    """One server for the endpoint tests (the model fixture builds the cached model first)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("serve"), "--max-body-mb", "8", "--max-wait-ms", "20")
+    yield srv
+    assert srv.stop() == 0, srv.stderr
+    assert "Traceback" not in srv.stderr, srv.stderr
+
+
+def _expected(model, paths, top_k=5):
+    tensor, ctx = model.preprocess([str(p) for p in paths])
+    outputs = model.run(tensor)
+    return [
+        [{"label": p.label, "class_id": p.class_id, "score": p.score} for p in c.predictions]
+        for c in model.postprocess(outputs, ctx, top_k)
+    ]
+
+
+# --- correct answers ---
+
+
+def test_v1_classify_raw_and_multipart_equal_model_run(server, model_fp32, sample_photos):
+    expected = _expected(model_fp32, sample_photos, top_k=5)
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            raw = [client.post("/v1/classify", content=p.read_bytes()) for p in sample_photos]
+            form = [
+                client.post("/v1/classify", files={"file": (p.name, p.read_bytes(), "image/png")})
+                for p in sample_photos
+            ]
+            return await asyncio.gather(*raw, *form)  # concurrent, so the batcher merges them
+
+    responses = asyncio.run(send_all())
+    for i, response in enumerate(responses):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["predictions"] == expected[i % len(sample_photos)]
+        assert body["weights"] == "synthetic" and body["model"] == "resnet50" and body["precision"] == "fp32"
+        assert body["latency_ms"] > 0
+
+
+def test_v1_several_files_give_a_list_in_order_with_top_k(server, model_fp32, sample_photos):
+    photos = sample_photos[:3]
+    files = [("file", (p.name, p.read_bytes(), "application/octet-stream")) for p in photos]
+    response = httpx.post(f"{server.url}/v1/classify?top_k=3", files=files, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [row["filename"] for row in body] == [p.name for p in photos]
+    assert [row["predictions"] for row in body] == _expected(model_fp32, photos, top_k=3)
+    assert all(len(row["predictions"]) == 3 and row["weights"] == "synthetic" for row in body)
+
+
+def _v2_request(tensor: np.ndarray, nested: bool = False) -> dict:
+    data = tensor.tolist() if nested else tensor.ravel().tolist()
+    return {
+        "id": "req-1",
+        "inputs": [{"name": "input_tensor:0", "datatype": "FP32", "shape": list(tensor.shape), "data": data}],
+    }
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+def test_v2_infer_json_equals_model_run(server, model_fp32, sample_photos, nested):
+    tensor, _ = model_fp32.preprocess([str(p) for p in sample_photos[:2]])
+    want = model_fp32.run(tensor)
+    response = httpx.post(f"{server.url}/v2/models/resnet50/infer", json=_v2_request(tensor, nested), timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "resnet50" and body["id"] == "req-1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert set(outputs) == {"ArgMax:0", "softmax_tensor:0"}
+    softmax = outputs["softmax_tensor:0"]
+    assert softmax["datatype"] == "FP32" and softmax["shape"] == [2, 1001]
+    np.testing.assert_array_equal(np.asarray(softmax["data"], np.float32).reshape(2, 1001), want["softmax_tensor:0"])
+    assert outputs["ArgMax:0"]["datatype"] == "INT64" and outputs["ArgMax:0"]["shape"] == [2]
+    assert outputs["ArgMax:0"]["data"] == want["ArgMax:0"].tolist()
+
+
+def test_v2_binary_tensor_extension_equals_model_run(server, model_fp32, sample_photos):
+    """The encoding tritonclient uses by default: JSON header, then raw little-endian bytes."""
+    tensor, _ = model_fp32.preprocess(str(sample_photos[2]))
+    want = model_fp32.run(tensor)["softmax_tensor:0"]
+    blob = tensor.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input_tensor:0",
+                    "datatype": "FP32",
+                    "shape": [1, 3, 224, 224],
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ],
+            "outputs": [{"name": "softmax_tensor:0", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    response = httpx.post(
+        f"{server.url}/v2/models/resnet50/infer",
+        content=header + blob,
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    size = int(response.headers["Inference-Header-Content-Length"])
+    meta = json.loads(response.content[:size])
+    assert meta["outputs"] == [
+        {"name": "softmax_tensor:0", "datatype": "FP32", "shape": [1, 1001], "parameters": {"binary_data_size": 4004}}
+    ]
+    np.testing.assert_array_equal(np.frombuffer(response.content[size:], "<f4").reshape(1, 1001), want)
+
+
+def test_v2_health_and_metadata(server):
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{server.url}/v2/models/resnet50/ready").json() == {"name": "resnet50", "ready": True}
+    meta = httpx.get(f"{server.url}/v2/models/resnet50").json()
+    assert meta["name"] == "resnet50" and meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "input_tensor:0", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    assert meta["outputs"] == [
+        {"name": "ArgMax:0", "datatype": "INT64", "shape": [-1]},
+        {"name": "softmax_tensor:0", "datatype": "FP32", "shape": [-1, 1001]},
+    ]
+    assert meta["parameters"] == {"weights": "synthetic", "precision": "fp32"}
+
+
+def test_page_is_served_without_external_assets(server):
+    response = httpx.get(f"{server.url}/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in response.text and "/v1/classify" in response.text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", response.text)  # works offline: no CDN
+
+
+# --- bad input: 4xx JSON naming the problem, never a 500 ---
+
+_V2 = "/v2/models/resnet50/infer"
+
+
+def _v2_body(drop: tuple[str, ...] = (), **changes) -> bytes:
+    spec = {"name": "input_tensor:0", "datatype": "FP32", "shape": [1, 3, 224, 224], "data": [0.0] * (3 * 224 * 224)}
+    spec.update(changes)
+    for key in drop:
+        del spec[key]
+    return json.dumps({"inputs": [spec]}).encode()
+
+
+def _truncated_jpeg(sample_photos) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.imread(str(sample_photos[1])))
+    assert ok
+    return buf.tobytes()[: len(buf) // 2]
+
+
+BAD_INPUTS = {
+    "text body": ("/v1/classify", {"content": b"hello, not an image"}, 400, "request body: not a decodable image"),
+    "truncated jpeg": ("/v1/classify", {"content": "TRUNCATED"}, 400, "request body: truncated JPEG"),
+    "empty body": ("/v1/classify", {"content": b""}, 400, "empty request body"),
+    "text file upload": (
+        "/v1/classify",
+        {"files": {"file": ("notes.txt", b"just text", "text/plain")}},
+        400,
+        "notes.txt: not a decodable image",
+    ),
+    "empty file upload": (
+        "/v1/classify",
+        {"files": {"file": ("empty.jpg", b"", "image/jpeg")}},
+        400,
+        "empty.jpg: empty",
+    ),
+    "multipart without file": ("/v1/classify", {"files": {"image": ("a.jpg", b"x", "image/jpeg")}}, 400, "no 'file'"),
+    "top_k zero": ("/v1/classify?top_k=0", {"content": b"x"}, 400, "top_k must be in 1..1000, got 0"),
+    "top_k text": ("/v1/classify?top_k=five", {"content": b"x"}, 400, "top_k must be an integer"),
+    "v2 wrong shape": (
+        _V2,
+        {"content": _v2_body(shape=[1, 3, 32, 32], data=[0.0] * 3072)},
+        400,
+        "has shape [1, 3, 32, 32], expected [N,3,224,224]",
+    ),
+    "v2 wrong dtype": (_V2, {"content": _v2_body(datatype="INT64")}, 400, "has datatype 'INT64', expected 'FP32'"),
+    "v2 too few values": (_V2, {"content": _v2_body(data=[0.0] * 10)}, 400, "'data' has 10 values, shape"),
+    "v2 nested wrong": (
+        _V2,
+        {"content": _v2_body(data=[[[0.0] * 224] * 224] * 3)},
+        400,
+        "nested 'data' has shape [3, 224, 224], but shape says [1, 3, 224, 224]",
+    ),
+    "v2 not numbers": (_V2, {"content": _v2_body(data=["a"] * 150528)}, 400, "not a flat or nested list of numbers"),
+    "v2 wrong input name": (_V2, {"content": _v2_body(name="images")}, 400, "unknown input 'images'"),
+    "v2 no data": (_V2, {"content": _v2_body(drop=("data",))}, 400, "has no 'data'"),
+    "v2 not json": (_V2, {"content": b"{not json"}, 400, "request body is not valid JSON"),
+    "v2 empty body": (_V2, {"content": b""}, 400, "empty request body"),
+    "v2 unknown model": ("/v2/models/vgg16/infer", {"content": _v2_body()}, 404, "unknown model 'vgg16'"),
+    "unknown path": ("/v1/nothing", {"content": b"x"}, 404, "no such endpoint: /v1/nothing"),
+    "oversize body": ("/v1/classify", {"content": b"\xff" * (9 * 1024 * 1024)}, 413, "request body too large"),
+    "oversize chunked": (
+        "/v1/classify",
+        {"content": "CHUNKED"},
+        413,
+        "request body too large",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_4xx_json_naming_the_problem(server, sample_photos, case):
+    path, kwargs, status, message = BAD_INPUTS[case]
+    if kwargs.get("content") == "TRUNCATED":
+        kwargs = {"content": _truncated_jpeg(sample_photos)}
+    if kwargs.get("content") == "CHUNKED":  # no Content-Length: the cap must hold while streaming
+
+        def chunks():
+            for _ in range(10):
+                yield b"\0" * (1024 * 1024)
+
+        kwargs = {"content": chunks()}
+    response = httpx.post(f"{server.url}{path}", timeout=120, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"]
+
+
+def test_metrics_count_requests_errors_batches(server):
+    httpx.post(f"{server.url}/v1/classify", content=b"not an image")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "# TYPE resnet50_requests_total counter" in text
+    assert 'resnet50_model_info{backend="onnxruntime",precision="fp32",weights="synthetic"} 1' in text
+    assert re.search(r'resnet50_request_errors_total\{endpoint="/v1/classify",reason="bad_input"\} [1-9]', text)
+    assert re.search(r'resnet50_requests_total\{endpoint="/v1/classify",code="200"\} [1-9]', text)
+    assert re.search(r"resnet50_batch_size_count [1-9]", text)
+    assert re.search(r'resnet50_request_latency_seconds_bucket\{endpoint="/v1/classify",le="\+Inf"\} [1-9]', text)
+    assert "resnet50_queue_depth 0" in text and "resnet50_inflight_requests 0" in text
+    assert 'code="500"' not in text  # no bad input above became a server error
+    images = int(re.search(r"^resnet50_images_total (\d+)", text, re.M).group(1))
+    batches = int(re.search(r"^resnet50_batch_size_count (\d+)", text, re.M).group(1))
+    assert images >= batches
+
+
+# --- overload and shutdown ---
+
+
+def test_burst_past_queue_limit_gets_503_with_retry_after(model_fp32, sample_photos, tmp_path):
+    srv = ServerProcess(tmp_path, "--max-queue", "2", "--max-batch", "1", "--workers", "1")
+    try:
+        photo = sample_photos[0].read_bytes()
+        expected = _expected(model_fp32, sample_photos[:1])[0]
+
+        async def burst():
+            limits = httpx.Limits(max_connections=16)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=120, limits=limits) as client:
+                return await asyncio.gather(*(client.post("/v1/classify", content=photo) for _ in range(12)))
+
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert set(codes) == {200, 503}, codes
+        assert codes.count(200) >= 2
+        for r in responses:
+            if r.status_code == 503:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert "server busy: 2 requests already in flight" in r.json()["error"]
+            else:
+                assert r.json()["predictions"] == expected
+        text = httpx.get(f"{srv.url}/metrics").text
+        assert (
+            f'resnet50_request_errors_total{{endpoint="/v1/classify",reason="overloaded"}} {codes.count(503)}' in text
+        )
+        # once the burst is over the server takes requests again
+        assert httpx.post(f"{srv.url}/v1/classify", content=photo, timeout=120).status_code == 200
+    finally:
+        assert srv.stop() == 0, srv.stderr
+
+
+def test_sigterm_answers_every_accepted_request(model_fp32, sample_photos, tmp_path):
+    srv = ServerProcess(tmp_path, "--max-batch", "2")
+    photo = sample_photos[1].read_bytes()
+    expected = _expected(model_fp32, sample_photos[1:2])[0]
+    state = {"ok": 0, "after_term": 0, "term_sent": False, "refused": 0}
+    bad: list[str] = []
+
+    async def worker(client):
+        while True:
+            try:
+                response = await client.post("/v1/classify", content=photo)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # not accepted: the listening socket is closed, or a kept-alive connection was
+                # closed before this request reached the server
+                state["refused"] += 1
+                if state["term_sent"]:
+                    return
+                continue
+            if response.status_code != 200 or response.json()["predictions"] != expected:
+                bad.append(f"{response.status_code} {response.text[:200]}")
+            state["ok"] += 1
+            state["after_term"] += state["term_sent"]
+
+    async def load():
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+            tasks = [asyncio.create_task(worker(client)) for _ in range(6)]
+            while state["ok"] < 4:
+                await asyncio.sleep(0.01)
+            srv.proc.send_signal(signal.SIGTERM)
+            state["term_sent"] = True
+            await asyncio.wait_for(asyncio.gather(*tasks), 120)
+
+    try:
+        asyncio.run(load())
+        code = srv.proc.wait(60)
+    finally:
+        srv.kill()
+    assert code == 0, srv.stderr
+    assert not bad, bad
+    assert state["after_term"] >= 1, "no request was in flight when SIGTERM arrived"
+    answered = re.search(r"stopped; answered (\d+) of (\d+) requests accepted", srv.stderr)
+    assert answered, srv.stderr
+    # every request the server accepted was answered, and every answer reached this client
+    assert int(answered.group(1)) == int(answered.group(2)) == state["ok"] + srv.responses
+    assert "Traceback" not in srv.stderr
+
+
+def test_cli_refuses_bad_options_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet50", "serve", "--max-batch", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "resnet50 serve: error: --max-batch must be at least 1, got 0"
