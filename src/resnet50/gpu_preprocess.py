@@ -38,7 +38,7 @@ from .preprocess import (
     read_bytes,
     resized_size,
 )
-from .runtime.torch_backend import import_torch
+from .runtime.torch_backend import import_torch, require_cuda
 
 
 def _is_integer_ratio(src: int, dst: int) -> bool:
@@ -177,7 +177,7 @@ class GpuPreprocessor:
     """
 
     def __init__(self, device: str = "cuda", nvjpeg: bool = True):
-        torch = import_torch()
+        torch = require_cuda() if str(device).startswith("cuda") else import_torch()
         self.torch = torch
         self.device = torch.device(device)
         self.nvjpeg = nvjpeg and self.device.type == "cuda"

@@ -1,0 +1,447 @@
+"""The PyTorch backend: ONNX → torch conversion, its cache, CPU parity with ONNX Runtime,
+clean refusal without torch or CUDA, GPU preprocessing accuracy, and (with a GPU) CUDA runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet50.errors import BackendUnavailableError, InvalidInputError, ModelFileError
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install 'resnet50[cuda]')")
+
+
+def _cuda() -> bool:
+    if not HAS_TORCH:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+HAS_CUDA = _cuda()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU visible to torch (none here)")
+
+
+@pytest.fixture(scope="module")
+def varied(sample_photos, image_files):
+    """Exact float32 inputs of 8 varied images: photos, gray, tiny, wide, tall."""
+    from resnet50.preprocess import preprocess
+
+    images = [*sample_photos[:4], *(image_files[k] for k in ("gray_jpeg", "tiny", "wide", "tall"))]
+    tensor, _ = preprocess(images)
+    return tensor
+
+
+def _ort(path, tensor: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["softmax_tensor:0"], {"input_tensor:0": tensor})[0]
+
+
+def _torch_softmax(module, tensor: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return torch.softmax(module(torch.from_numpy(tensor)), dim=1).numpy()
+
+
+def _folded_weights(path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def _tf_style_model(weights: dict[str, np.ndarray], opset: int):
+    """The same network laid out the way tf2onnx lays out the MLPerf file: TensorFlow names, batch
+    norm unfolded, explicit Pad before strided convs, SAME padding, projection shortcut first,
+    SAME_UPPER max pool, ReduceMean + Squeeze, MatMul + Add classifier."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from resnet50.graph import STAGES, conv_specs
+
+    rng = np.random.default_rng(7)
+    nodes, inits = [], []
+    count = iter(range(1000))
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def pad(x, p):
+        out = f"{x}/pad"
+        if opset < 11:
+            nodes.append(helper.make_node("Pad", [x], [out], pads=[0, 0, p, p, 0, 0, p, p]))
+        else:
+            nodes.append(
+                helper.make_node("Pad", [x, const(f"{out}/amounts", np.array([0, 0, p, p] * 2, np.int64))], [out])
+            )
+        return out
+
+    def conv(spec, x):
+        i = next(count)
+        name = f"resnet_model/conv2d_{i}" if i else "resnet_model/conv2d"
+        w, b = weights[f"{spec.name}.weight"], weights[f"{spec.name}.bias"]
+        gamma = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
+        var = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
+        mean = rng.normal(0, 0.1, spec.out_channels).astype(np.float32)
+        factor = gamma / np.sqrt(var + 1.001e-5)
+        attrs = {"kernel_shape": [spec.kernel] * 2, "strides": [spec.stride] * 2}
+        if spec.stride > 1 and spec.kernel > 1:
+            x, attrs["auto_pad"] = pad(x, spec.kernel // 2), "VALID"
+        elif spec.kernel > 1:
+            attrs["auto_pad"] = "SAME_UPPER"
+        kernel = const(f"{name}/kernel", (w / factor[:, None, None, None]).astype(np.float32))
+        nodes.append(helper.make_node("Conv", [x, kernel], [f"{name}/Conv2D:0"], name=f"{name}/Conv2D", **attrs))
+        bn = f"resnet_model/batch_normalization_{i}/FusedBatchNorm"
+        params = [
+            const(f"{bn}/gamma", gamma),
+            const(f"{bn}/beta", (b + mean * factor).astype(np.float32)),
+            const(f"{bn}/mean", mean),
+            const(f"{bn}/var", var),
+        ]
+        nodes.append(
+            helper.make_node("BatchNormalization", [f"{name}/Conv2D:0", *params], [f"{bn}:0"], epsilon=1.001e-5)
+        )
+        if not spec.relu:
+            return f"{bn}:0"
+        nodes.append(helper.make_node("Relu", [f"{bn}:0"], [f"{bn}/Relu:0"]))
+        return f"{bn}/Relu:0"
+
+    specs = iter(conv_specs())
+    x = conv(next(specs), "input_tensor:0")
+    nodes.append(
+        helper.make_node("MaxPool", [x], ["pool:0"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")
+    )
+    x = "pool:0"
+    for stage, (blocks, _, _) in enumerate(STAGES, start=1):
+        for block in range(blocks):
+            branch_specs = [next(specs) for _ in range(3)]
+            shortcut = conv(next(specs), x) if block == 0 else x  # TensorFlow emits the projection first
+            branch = x
+            for spec in branch_specs:
+                branch = conv(spec, branch)
+            add = f"resnet_model/add_{stage}_{block}:0"
+            nodes.append(helper.make_node("Add", [shortcut, branch], [add]))
+            nodes.append(helper.make_node("Relu", [add], [f"{add}/Relu"]))
+            x = f"{add}/Relu"
+    nodes.append(helper.make_node("ReduceMean", [x], ["mean:0"], axes=[2, 3], keepdims=1))
+    nodes.append(helper.make_node("Squeeze", ["mean:0"], ["squeeze:0"], axes=[2, 3]))
+    fc_w = const("resnet_model/dense/kernel", np.ascontiguousarray(weights["fc.weight"].T))
+    nodes.append(helper.make_node("MatMul", ["squeeze:0", fc_w], ["dense/MatMul:0"]))
+    nodes.append(
+        helper.make_node("Add", ["dense/MatMul:0", const("resnet_model/dense/bias", weights["fc.bias"])], ["logits:0"])
+    )
+    nodes.append(helper.make_node("Softmax", ["logits:0"], ["softmax_tensor:0"], axis=1))
+    nodes.append(helper.make_node("ArgMax", ["softmax_tensor:0"], ["ArgMax:0"], axis=1, keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "tf_style",
+        [helper.make_tensor_value_info("input_tensor:0", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [
+            helper.make_tensor_value_info("ArgMax:0", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("softmax_tensor:0", TensorProto.FLOAT, ["N", 1001]),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 6
+    return model
+
+
+# -- conversion ------------------------------------------------------------------------------
+
+
+@needs_torch
+def test_converted_module_equals_onnxruntime_opset11(model_fp32, varied):
+    from resnet50.torch_model import load_module
+
+    expected = model_fp32.run(varied)["softmax_tensor:0"]
+    got = _torch_softmax(load_module(model_fp32.source.path), varied)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    assert len(set(expected.argmax(1).tolist())) > 1  # varied images, varied answers
+
+
+@needs_torch
+def test_opset8_build_converts_to_the_same_weights(model_fp32, varied, tmp_path):
+    import onnx
+
+    from resnet50.graph import build_model
+    from resnet50.torch_model import load_converted, load_module
+
+    weights = _folded_weights(model_fp32.source.path)
+    path = tmp_path / "opset8.onnx"
+    onnx.save(build_model(weights, opset=8), str(path))
+    converted, from_cache = load_converted(path)
+    assert not from_cache
+    assert all(np.array_equal(converted.weights[name], value) for name, value in weights.items())
+    assert converted.conv_pads["conv1"] == (3, 3, 3, 3) and converted.pool_pads == (1, 1, 1, 1)
+    got = _torch_softmax(load_module(path), varied[:4])
+    assert np.abs(got - _ort(path, varied[:4])).max() <= 1e-4
+
+
+@needs_torch
+@pytest.mark.parametrize("opset", [8, 11])
+def test_tensorflow_style_graph_is_mapped_by_structure(model_fp32, varied, tmp_path, opset):
+    import onnx
+
+    from resnet50.torch_model import build_module, convert
+
+    model = _tf_style_model(_folded_weights(model_fp32.source.path), opset)
+    path = tmp_path / f"tf{opset}.onnx"
+    onnx.save(model, str(path))
+    converted = convert(model, str(path))
+    assert converted.conv_pads["conv1"] == (3, 3, 3, 3)
+    assert converted.conv_pads["layer2.0.conv2"] == (1, 1, 1, 1)
+    assert converted.pool_pads == (0, 0, 1, 1)  # TensorFlow SAME pads bottom/right only
+    batch = varied[[0, 2, 5]]
+    expected = _ort(path, batch)
+    got = _torch_softmax(build_module(converted), batch)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+@needs_torch
+def test_resnet_v1_layout_is_refused_naming_the_layer(model_fp32):
+    import onnx
+
+    from resnet50.torch_model import convert
+
+    model = onnx.load(str(model_fp32.source.path))
+    for node in model.graph.node:  # ResNet v1 puts the stride on the first 1x1 conv
+        for attr in node.attribute:
+            if attr.name == "strides" and node.name in ("layer2.0.conv1.out", "layer2.0.conv2.out"):
+                attr.ints[:] = [2, 2] if node.name == "layer2.0.conv1.out" else [1, 1]
+    with pytest.raises(ModelFileError) as err:
+        convert(model, "v1.onnx")
+    assert str(err.value) == (
+        "v1.onnx: cannot convert to torch: Conv 'layer2.0.conv1.out' (layer2.0.conv1) has strides [2, 2], expected 1"
+    )
+
+
+@needs_torch
+def test_cache_is_keyed_by_md5_and_survives_corruption(model_fp32, tmp_path, monkeypatch):
+    from resnet50 import torch_model
+    from resnet50.weights import file_md5
+
+    monkeypatch.setenv("RESNET50_HOME", str(tmp_path))
+    path = model_fp32.source.path
+    first, from_cache = torch_model.load_converted(path)
+    cached = torch_model.cache_path(file_md5(path))
+    assert not from_cache and cached.is_file() and cached.parent == tmp_path / "torch"
+    assert cached.name.startswith(file_md5(path)[:16])
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds the weights")
+
+    monkeypatch.setattr(torch_model, "convert", no_conversion)
+    second, from_cache = torch_model.load_converted(path)
+    assert from_cache
+    assert all(np.array_equal(first.weights[k], second.weights[k]) for k in first.weights)
+    assert second.conv_pads == first.conv_pads and second.pool_pads == first.pool_pads
+
+    monkeypatch.undo()
+    monkeypatch.setenv("RESNET50_HOME", str(tmp_path))
+    cached.write_bytes(b"not a torch file")
+    third, from_cache = torch_model.load_converted(path)
+    assert not from_cache
+    assert np.array_equal(third.weights["fc.weight"], first.weights["fc.weight"])
+    assert torch_model.load_converted(path)[1]  # rewritten
+
+
+# -- the backend on CPU ------------------------------------------------------------------------
+
+
+@needs_torch
+def test_backend_on_cpu_equals_onnxruntime(model_fp32, varied):
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(model_fp32.source.path), device="cpu")
+    expected = model_fp32.run(varied[:4])
+    got = backend.run({"input_tensor:0": varied[:4]})
+    assert set(got) == {"softmax_tensor:0", "ArgMax:0"}
+    assert got["softmax_tensor:0"].dtype == np.float32 and got["ArgMax:0"].dtype == np.int64
+    assert np.abs(got["softmax_tensor:0"] - expected["softmax_tensor:0"]).max() <= 1e-4
+    assert np.array_equal(got["ArgMax:0"], expected["ArgMax:0"])
+    assert backend.describe()["backend"] == "torch" and backend.describe()["cuda_graphs"] is False
+
+
+@needs_torch
+def test_native_backend_on_cpu_equals_native_onnx_model(model_native, sample_photos):
+    from resnet50.model import ResNet50
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(model_native.source.path), device="cpu", native=True)
+    torch_model = ResNet50(backend, model_native.source, precision="fp32", device="cpu", use_native=True)
+    assert torch_model.input_dtype == np.uint8
+    tensor, _ = model_native.preprocess(sample_photos[:3])
+    expected = model_native.run(tensor, top_k=7)
+    got = torch_model.run(tensor, top_k=7)
+    assert np.array_equal(got["topk_class_ids"], expected["topk_class_ids"])
+    assert np.abs(got["topk_scores"] - expected["topk_scores"]).max() <= 1e-4
+    assert got["topk_class_ids"].min() >= 1  # background never reported
+    ours = [c.class_id for c in torch_model.classify(sample_photos[:3], top_k=3)]
+    assert ours == [c.class_id for c in model_native.classify(sample_photos[:3], top_k=3)]
+
+
+@needs_torch
+def test_backend_rejects_bad_options(model_fp32):
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    path = str(model_fp32.source.path)
+    with pytest.raises(
+        InvalidInputError, match=r"^precision 'int8' is not one of fp32, fp16, bf16 for the torch backend$"
+    ):
+        TorchBackend(path, device="cpu", precision="int8")
+    with pytest.raises(InvalidInputError, match=r"^compile mode 'fast' is not one of"):
+        TorchBackend(path, device="cpu", compile_mode="fast")
+    with pytest.raises(BackendUnavailableError, match=r"^CUDA graphs need device 'cuda'$"):
+        TorchBackend(path, device="cpu", cuda_graphs=True)
+
+
+# -- refusal without torch or CUDA -------------------------------------------------------------
+
+
+def test_missing_torch_is_one_clear_line(model_fp32, monkeypatch):
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(BackendUnavailableError) as err:
+        TorchBackend(str(model_fp32.source.path), device="cuda")
+    assert str(err.value) == "device 'cuda' needs PyTorch, which is not installed (pip install 'resnet50[cuda]')"
+
+
+@needs_torch
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
+def test_no_cuda_device_is_one_clear_line(model_fp32):
+    import torch
+
+    from resnet50.gpu_preprocess import GpuPreprocessor
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    for make in (lambda: TorchBackend(str(model_fp32.source.path), device="cuda"), lambda: GpuPreprocessor("cuda")):
+        with pytest.raises(BackendUnavailableError) as err:
+            make()
+        message = str(err.value)
+        assert message.startswith(f"device 'cuda': no CUDA device available (torch {torch.__version__} has ")
+        assert "\n" not in message
+
+
+def test_import_stays_light():
+    code = (
+        "import sys, resnet50, resnet50.torch_model, resnet50.runtime.torch_backend, resnet50.gpu_preprocess; "
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- GPU preprocessing (resize/crop part, on CPU tensors) -------------------------------------
+
+
+@needs_torch
+def test_gpu_resize_crop_matches_opencv(image_files, sample_photos):
+    from resnet50.gpu_preprocess import compare_to_exact
+
+    enlarged = compare_to_exact([image_files["small"], image_files["tiny"]])  # short side < 256: fixed point
+    assert enlarged["max_abs_diff"] == 0
+    kinds = ("wide", "tall", "odd", "png16", "exif_rotated")
+    shrunk = compare_to_exact([*sample_photos, *(image_files[k] for k in kinds)])
+    assert shrunk["max_abs_diff"] <= 1
+    assert shrunk["fraction_exact"] > 0.999
+
+
+@needs_torch
+def test_gpu_resize_crop_integer_ratio_is_exact():
+    import cv2
+
+    from resnet50.gpu_preprocess import compare_to_exact
+    from resnet50.samples import synthetic_image
+
+    ok, data = cv2.imencode(".png", synthetic_image(11, 512, 768))  # exactly 2x: OpenCV's fast path
+    assert ok
+    assert compare_to_exact([data.tobytes()])["max_abs_diff"] == 0
+
+
+@needs_torch
+def test_gpu_preprocessor_reports_bad_inputs_in_place(image_files, tmp_path):
+    from resnet50.gpu_preprocess import GpuPreprocessor
+
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(image_files["jpeg"].read_bytes()[:2000])
+    crops, ctx, errors = GpuPreprocessor("cpu")([image_files["jpeg"], truncated, tmp_path / "missing.png"])
+    assert crops.shape == (1, 3, 224, 224)
+    assert ctx.sources == [str(image_files["jpeg"])] and ctx.sizes == [(375, 500)]
+    assert errors == [
+        None,
+        f"{truncated}: truncated JPEG (no end-of-image marker after the last scan)",
+        f"{tmp_path / 'missing.png'}: no such file",
+    ]
+
+
+# -- CUDA (skipped without a GPU) ----------------------------------------------------------------
+
+
+def _margins(softmax: np.ndarray) -> np.ndarray:
+    top2 = np.sort(softmax[:, 1:], axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 2e-3), ("fp16", 2e-2), ("bf16", 6e-2)])
+def test_cuda_precisions_agree_with_cpu_fp32(model_fp32, varied, precision, tolerance):
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(model_fp32.source.path), device="cuda", precision=precision)
+    expected = model_fp32.run(varied)["softmax_tensor:0"]
+    got = backend.run({"input_tensor:0": varied})["softmax_tensor:0"]
+    assert np.abs(got - expected).max() <= tolerance
+    clear = _margins(expected) > 2 * tolerance
+    assert np.array_equal(got.argmax(1)[clear], expected.argmax(1)[clear])
+
+
+@needs_cuda
+def test_cuda_graphs_equal_eager_for_every_batch_size(model_fp32, varied):
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    path = str(model_fp32.source.path)
+    graphs = TorchBackend(path, device="cuda", precision="fp16")
+    eager = TorchBackend(path, device="cuda", precision="fp16", cuda_graphs=False)
+    for batch in (1, 3, 8, 3):
+        got = graphs.run({"input_tensor:0": varied[:batch]})
+        want = eager.run({"input_tensor:0": varied[:batch]})
+        assert np.abs(got["softmax_tensor:0"] - want["softmax_tensor:0"]).max() <= 1e-3
+    assert graphs.describe()["cuda_graph_batch_sizes"] == [1, 3, 8]
+
+
+@needs_cuda
+def test_cuda_native_top_k_equals_cpu_native(model_native, sample_photos):
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(model_native.source.path), device="cuda", precision="fp32", native=True)
+    tensor, _ = model_native.preprocess(sample_photos)
+    expected = model_native.run(tensor, top_k=1)
+    got = backend.run({"input_uint8": tensor, "top_k": np.array([1], np.int64)})
+    assert np.array_equal(got["topk_class_ids"], expected["topk_class_ids"])
+
+
+@needs_cuda
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="nvJPEG decoding needs torchvision")
+def test_nvjpeg_pipeline_is_close_to_exact(image_files, sample_photos):
+    from resnet50.gpu_preprocess import compare_to_exact
+
+    jpegs = [image_files[k] for k in ("jpeg", "small", "wide", "square", "odd", "exif_rotated", "gray_jpeg")]
+    stats = compare_to_exact([*jpegs, sample_photos[3]], device="cuda", nvjpeg=True)
+    assert stats["decoder"] == "nvjpeg"
+    assert stats["cpu_fallbacks"] == 1  # the EXIF-rotated file is decoded exactly on the CPU
+    assert stats["mean_abs_diff"] < 2.0
+    print("nvJPEG vs exact:", stats)
