@@ -401,3 +401,99 @@ def test_cli_refuses_bad_options_in_one_line():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "resnet50 serve: error: --max-batch must be at least 1, got 0"
+
+
+# --- the batcher in-process, with a stub model that records its batches ---
+
+
+class _RecordingModel:
+    """Returns each row's own value, so misrouted rows show; fails on a row holding -1."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def run(self, tensor, top_k=5):
+        self.batches.append(len(tensor))
+        if (tensor == -1).any():
+            raise RuntimeError("stub failure")
+        return {"y": tensor[:, 0].copy(), "k": np.full(len(tensor), top_k)}
+
+
+def _run_batcher(coro_factory, **kwargs):
+    from resnet50.serve.batcher import Batcher
+
+    model = _RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, **kwargs)
+        batcher.start()
+        try:
+            return await coro_factory(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main()), model
+
+
+def test_batcher_merges_concurrent_requests_and_routes_rows():
+    async def six(batcher):
+        tickets = [batcher.admit() for _ in range(6)]
+        rows = [np.full((1, 1), i, np.float32) for i in range(6)]
+        out = await asyncio.gather(*(batcher.infer(r, 3, t) for r, t in zip(rows, tickets)))
+        for t in tickets:
+            batcher.release(t)
+        assert batcher.inflight == 0
+        return out
+
+    results, model = _run_batcher(six, max_batch=4, max_wait_ms=60_000, max_queue=8)
+    assert [float(r["y"][0]) for r in results] == [0, 1, 2, 3, 4, 5]
+    assert model.batches[0] == 4 and sum(model.batches) == 6 and max(model.batches) <= 4
+
+
+def test_batcher_runs_a_lone_request_without_waiting_for_max_wait():
+    async def one(batcher):
+        ticket = batcher.admit()
+        try:  # max_wait is a minute: only the "nothing else is being decoded" rule can finish this
+            return await asyncio.wait_for(batcher.infer(np.ones((1, 1), np.float32), 5, ticket), 30)
+        finally:
+            batcher.release(ticket)
+
+    result, model = _run_batcher(one, max_batch=8, max_wait_ms=60_000)
+    assert model.batches == [1] and float(result["y"][0]) == 1
+
+
+def test_batcher_splits_large_requests_and_reports_failures_to_each_request():
+    async def work(batcher):
+        big = np.arange(10, dtype=np.float32).reshape(10, 1)
+        whole = await batcher.infer(big, 5)
+        failed = await asyncio.gather(
+            batcher.infer(np.full((1, 1), -1, np.float32)),
+            batcher.infer(np.zeros((1, 1), np.float32)),
+            return_exceptions=True,
+        )
+        after = await batcher.infer(np.full((2, 1), 7, np.float32))  # the thread survived the failure
+        return whole, failed, after
+
+    (whole, failed, after), model = _run_batcher(work, max_batch=4, max_wait_ms=50)
+    assert whole["y"].tolist() == list(range(10)) and model.batches[:3] == [4, 4, 2]
+    assert all(isinstance(f, RuntimeError) and str(f) == "stub failure" for f in failed if not isinstance(f, dict))
+    assert isinstance(failed[0], RuntimeError)
+    assert after["y"].tolist() == [7, 7]
+
+
+def test_batcher_admission_limit():
+    from resnet50.serve.batcher import Overloaded
+
+    async def work(batcher):
+        tickets = [batcher.admit(), batcher.admit()]
+        with pytest.raises(Overloaded, match="server busy: 2 requests already in flight") as info:
+            batcher.admit()
+        assert info.value.retry_after >= 1
+        batcher.release(tickets.pop())
+        tickets.append(batcher.admit())  # room again
+        for t in tickets:
+            batcher.release(t)
+        return batcher.inflight
+
+    inflight, _ = _run_batcher(work, max_queue=2)
+    assert inflight == 0

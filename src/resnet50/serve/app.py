@@ -109,15 +109,15 @@ def create_app(
         """An image as the raw body or multipart ``file`` field(s); ``?top_k=`` (default 5)."""
         started = time.perf_counter()
         top_k = _top_k(request.query_params.get("top_k", "5"))
-        batcher.admit()
+        ticket = batcher.admit()
         try:
             body = await read_body(request)
             images = await _images(request, body)
             prepared = await asyncio.gather(*(in_pool(prepare, data, source) for data, source in images))
             tensor = prepared[0][0] if len(prepared) == 1 else np.concatenate([p[0] for p in prepared])
-            outputs = await batcher.infer(tensor, top_k)
+            outputs = await batcher.infer(tensor, top_k, ticket)
         finally:
-            batcher.release()
+            batcher.release(ticket)
         ctx = PreprocessContext([s for _, s in images], [p[1] for p in prepared], batched=True)
         results = postprocess(outputs, ctx, top_k)
         fields = model_fields(started)
@@ -160,13 +160,13 @@ def create_app(
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str = "1"):
         _check_model(name, version)
-        batcher.admit()
+        ticket = batcher.admit()
         try:
             body = await read_body(request)
             parsed = await in_pool(v2.parse_request, body, request.headers.get(v2.HEADER_LENGTH), model)
-            outputs = await batcher.infer(parsed.tensor, parsed.top_k)
+            outputs = await batcher.infer(parsed.tensor, parsed.top_k, ticket)
         finally:
-            batcher.release()
+            batcher.release(ticket)
         content, headers, media_type = await in_pool(v2.encode_response, outputs, parsed, MODEL_NAME)
         return Response(content, headers=headers, media_type=media_type)
 

@@ -2,7 +2,8 @@
 
 Requests are admitted up to ``max_queue`` at a time (more get :class:`Overloaded`, which
 the server answers with 503 and ``Retry-After``). Admitted tensors wait in a queue; one
-inference thread takes the first, waits at most ``max_wait_ms`` for more, runs up to
+inference thread takes the first, waits at most ``max_wait_ms`` for more (only while other
+admitted requests are still being decoded, so a lone request runs at once), runs up to
 ``max_batch`` images at once and hands each request its rows. The event loop never runs
 the model (ONNX Runtime releases the GIL in the worker thread).
 """
@@ -41,6 +42,15 @@ class _Item:
 _STOP = object()
 
 
+class Ticket:
+    """One admitted request; remembers whether its images are still being prepared."""
+
+    __slots__ = ("preparing",)
+
+    def __init__(self):
+        self.preparing = True
+
+
 class Batcher:
     """Merges concurrent :meth:`infer` calls into batches of at most ``max_batch`` images."""
 
@@ -55,6 +65,7 @@ class Batcher:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._inflight = 0  # admitted requests not yet answered (touched on the event loop only)
         self._waiting_rows = 0
+        self._preparing = 0  # admitted requests still being read or decoded: worth waiting for
         self._lock = threading.Lock()
         self._images_per_s = 0.0  # recent throughput, for Retry-After
         self._thread: threading.Thread | None = None
@@ -64,15 +75,24 @@ class Batcher:
     def inflight(self) -> int:
         return self._inflight
 
-    def admit(self) -> None:
+    def admit(self) -> Ticket:
         """Count one request in, or raise :class:`Overloaded` when ``max_queue`` are in flight."""
         if self._inflight >= self.max_queue:
             rate = self._images_per_s or 1.0
             raise Overloaded(min(60, max(1, math.ceil(self._inflight / rate))), self.max_queue)
         self._inflight += 1
+        self._preparing += 1
         self.metrics.inflight.set(self._inflight)
+        return Ticket()
 
-    def release(self) -> None:
+    def _submitted(self, ticket: Ticket | None) -> None:
+        if ticket is not None and ticket.preparing:
+            ticket.preparing = False
+            self._preparing -= 1
+
+    def release(self, ticket: Ticket) -> None:
+        """The request of ``ticket`` is answered (or failed)."""
+        self._submitted(ticket)
         self._inflight -= 1
         self.metrics.inflight.set(self._inflight)
 
@@ -81,11 +101,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="resnet50-infer", daemon=True)
         self._thread.start()
 
-    async def infer(self, tensor: np.ndarray, top_k: int = 5) -> dict[str, np.ndarray]:
+    async def infer(self, tensor: np.ndarray, top_k: int = 5, ticket: Ticket | None = None) -> dict[str, np.ndarray]:
         """Run ``tensor`` (``[N,3,224,224]`` of the model's dtype) in shared batches; its outputs."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the inference thread is not running")
         loop = asyncio.get_running_loop()
+        self._submitted(ticket)
         futures = []
         for start in range(0, len(tensor), self.max_batch):
             future = loop.create_future()
@@ -118,9 +139,17 @@ class Batcher:
             deadline = time.perf_counter() + self.max_wait
             while rows < self.max_batch:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    # Wait for more only while admitted requests are still being decoded: an
+                    # idle server runs a lone request at once instead of waiting max_wait_ms.
+                    remaining = deadline - time.perf_counter()
+                    if self._preparing <= 0 or remaining <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if item is _STOP or rows + len(item.tensor) > self.max_batch:
                     carry = item
                     break

@@ -1,0 +1,353 @@
+"""Load test of ``resnet50 serve`` on loopback, against the local end-to-end baseline of the same run.
+
+Three measurements, one after another, on the same generated JPEGs (weights: synthetic, the
+same compute as MLPerf's), so the ratios hold on any machine:
+
+1. ``baseline``: :func:`resnet50.pipeline.classify_stream` in this process (file read, decode
+   overlapped with batched inference: what ``resnet50 bench --mode e2e`` measures), images/s;
+2. ``closed``: ``--concurrency`` clients posting to ``/v1/classify`` back to back, ``--count``
+   requests; throughput and its ratio to the baseline (goal ≥ 0.8);
+3. ``open``: requests sent on a Poisson schedule at ``--load`` x the baseline throughput for
+   ``--duration`` s, whatever the server does; latency from the scheduled send time (no
+   coordinated omission), p50/p90/p99, errors, and lost requests (goal: p99 ≤ 60 ms, 0, 0).
+
+The server is started here (``python -m resnet50 serve`` on 127.0.0.1, a free port) with the
+same model options, and stopped with SIGTERM at the end. Everything is bounded: request
+count, duration, per-request timeout. Writes ``benchmarks/results/load_test.json`` and a PNG.
+
+    python benchmarks/load_test.py --count 400 --duration 60            # the README figures
+    python benchmarks/load_test.py --count 48 --duration 10             # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+GOAL_RATIO, GOAL_P99_MS = 0.8, 60.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--count", type=int, default=400, help="images in the set; closed-loop requests (default 400)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default 16)")
+    p.add_argument("--duration", type=float, default=60.0, help="open-loop seconds (default 60)")
+    p.add_argument("--load", type=float, default=0.5, help="open-loop rate as a fraction of the baseline (0.5)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s; later counts as lost")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
+    p.add_argument("--native", action="store_true", help="fused mean subtraction and top-k")
+    p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--workers", type=int, help="server decode threads (default: the server's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "load_test.json")
+    args = p.parse_args(argv)
+    if args.count < 1 or args.concurrency < 1 or args.duration <= 0 or not 0 < args.load <= 2:
+        p.error("--count and --concurrency must be >= 1, --duration > 0, --load in (0, 2]")
+    return args
+
+
+def model_options(args) -> list[str]:
+    opts = ["--precision", args.precision]
+    if args.native:
+        opts.append("--native")
+    if args.threads:
+        opts += ["--threads", str(args.threads)]
+    return opts
+
+
+def baseline(args, paths: list[str]) -> dict:
+    """In-process end-to-end throughput: files in, labels out, decode overlapped with inference."""
+    from resnet50 import ResNet50
+    from resnet50.pipeline import classify_stream
+
+    model = ResNet50.load(precision=args.precision, use_native=args.native, threads=args.threads)
+    list(classify_stream(model, paths[: args.max_batch], batch_size=args.max_batch))  # warm-up
+    start = time.perf_counter()
+    results = list(classify_stream(model, paths, batch_size=args.max_batch))
+    seconds = time.perf_counter() - start
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    return {"images": len(paths), "seconds": seconds, "images_per_s": len(paths) / seconds, "weights": model.weights}
+
+
+class Server:
+    """``resnet50 serve`` on 127.0.0.1 and a free port, stderr in a temp file."""
+
+    def __init__(self, args, log_dir: Path):
+        cmd = [sys.executable, "-m", "resnet50", "serve", "--host", "127.0.0.1", "--port", "0"]
+        cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        self.log = log_dir / "serve.log"
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen([*cmd, *model_options(args)], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 300
+        while not (match := re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.log.read_text())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit(f"server did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        self.url = match.group(1)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+async def wait_ready(client, url: str) -> None:
+    import httpx
+
+    for _ in range(600):
+        try:
+            if (await client.get(f"{url}/v2/health/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("server never became ready")
+
+
+async def post(client, url: str, body: bytes, timeout: float) -> tuple[str, int | None]:
+    """One classify request: ("ok"|"error"|"lost", status)."""
+    import httpx
+
+    try:
+        response = await asyncio.wait_for(client.post(f"{url}/v1/classify", content=body), timeout)
+    except (asyncio.TimeoutError, httpx.TransportError):
+        return "lost", None
+    ok = response.status_code == 200 and "predictions" in response.json()
+    return ("ok" if ok else "error"), response.status_code
+
+
+async def closed_loop(client, url: str, bodies: list[bytes], args) -> dict:
+    """``concurrency`` clients, each sending its next request when the last one is answered."""
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {"ok": 0, "error": 0, "lost": 0}
+    next_index = iter(range(args.count))
+
+    async def client_loop():
+        for i in next_index:
+            start = time.perf_counter()
+            outcome, _ = await post(client, url, bodies[i % len(bodies)], args.timeout)
+            latencies.append(time.perf_counter() - start)
+            outcomes[outcome] += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(args.concurrency)))
+    seconds = time.perf_counter() - start
+    return {
+        "requests": args.count,
+        "concurrency": args.concurrency,
+        "seconds": seconds,
+        "images_per_s": outcomes["ok"] / seconds,
+        **outcomes,
+        **percentiles(latencies),
+    }
+
+
+async def open_loop(client, url: str, bodies: list[bytes], rate: float, args) -> dict:
+    """Poisson arrivals at ``rate``/s for ``duration`` s; latency counted from the scheduled time."""
+    rng = np.random.default_rng(args.seed)
+    schedule = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * args.duration * 1.5) + 16))
+    schedule = schedule[schedule < args.duration]
+    records: list[tuple[float, float, str]] = []  # (scheduled offset, latency s, outcome)
+
+    async def one(i: int, at: float, t0: float):
+        outcome, _ = await post(client, url, bodies[i % len(bodies)], args.timeout)
+        records.append((at, time.perf_counter() - (t0 + at), outcome))
+
+    t0 = time.perf_counter()
+    tasks = []
+    for i, at in enumerate(schedule):
+        delay = t0 + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, float(at), t0)))
+    await asyncio.gather(*tasks)
+    ok = [lat for _, lat, outcome in records if outcome == "ok"]
+    outcomes = {k: sum(o == k for *_, o in records) for k in ("ok", "error", "lost")}
+    return {
+        "rate_per_s": rate,
+        "duration_s": args.duration,
+        "sent": len(schedule),
+        **outcomes,
+        "achieved_per_s": outcomes["ok"] / args.duration,
+        **percentiles(ok),
+        "timeline": sorted((round(at, 4), round(lat * 1000, 3), o) for at, lat, o in records),
+    }
+
+
+def percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    p50, p90, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 90, 99])
+    return {
+        "p50_ms": round(float(p50), 2),
+        "p90_ms": round(float(p90), 2),
+        "p99_ms": round(float(p99), 2),
+        "max_ms": round(max(latencies) * 1000, 2),
+    }
+
+
+def batch_stats(metrics_text: str) -> dict:
+    def value(name: str) -> float:
+        match = re.search(rf"^{name} (\S+)$", metrics_text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    batches, images = value("resnet50_batch_size_count"), value("resnet50_batch_size_sum")
+    return {"batches": int(batches), "images": int(images), "mean_batch": round(images / batches, 2) if batches else 0}
+
+
+async def serve_and_load(args, bodies: list[bytes], base_ips: float, log_dir: Path) -> dict:
+    import httpx
+
+    server = Server(args, log_dir)
+    try:
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+        async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
+            await wait_ready(client, server.url)
+            for body in bodies[: args.max_batch]:  # warm-up
+                await post(client, server.url, body, args.timeout)
+            print(f"closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
+            closed = await closed_loop(client, server.url, bodies, args)
+            rate = args.load * base_ips
+            print(f"open loop: {rate:.1f} req/s for {args.duration:g} s ...", file=sys.stderr)
+            opened = await open_loop(client, server.url, bodies, rate, args)
+            opened["batching"] = batch_stats((await client.get(f"{server.url}/metrics")).text)
+    finally:
+        code = server.stop()
+    return {"closed": closed, "open": opened, "server_exit_code": code, "server_url": server.url}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    opened, closed, base = result["open"], result["closed"], result["baseline"]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1, 2.2, 1.4]})
+    names = ["local e2e\n(classify_stream)", f"serve, closed loop\nconcurrency {closed['concurrency']}"]
+    values = [base["images_per_s"], closed["images_per_s"]]
+    bars = ax1.bar(names, values, color=["#98a2b3", "#3e6ae1"])
+    ax1.bar_label(bars, fmt="%.1f")
+    ax1.axhline(GOAL_RATIO * base["images_per_s"], color="#b42318", ls="--", lw=1, label="80% of local")
+    ax1.set_ylabel("images/s")
+    ax1.set_title(f"throughput (ratio {result['ratio']:.2f})")
+    ax1.legend(fontsize=8)
+    timeline = opened["timeline"]
+    ok = [(t, lat) for t, lat, o in timeline if o == "ok"]
+    if ok:
+        ax2.scatter(*zip(*ok), s=6, color="#3e6ae1", label="answered")
+    bad = [(t, 0) for t, _, o in timeline if o != "ok"]
+    if bad:
+        ax2.scatter(*zip(*bad), s=18, color="#b42318", marker="x", label="error / lost")
+    ax2.axhline(GOAL_P99_MS, color="#b42318", ls="--", lw=1, label=f"goal p99 {GOAL_P99_MS:g} ms")
+    if opened["p99_ms"] is not None:
+        ax2.axhline(opened["p99_ms"], color="#101828", ls=":", lw=1, label=f"p99 {opened['p99_ms']:.1f} ms")
+    ax2.set_xlabel("scheduled send time (s)")
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title(f"open loop, {opened['rate_per_s']:.1f} req/s Poisson ({result['config']['load']:g} x local)")
+    ax2.legend(fontsize=8, loc="upper right")
+    lats = np.sort([lat for _, lat in ok])
+    if len(lats):
+        ax3.plot(lats, np.arange(1, len(lats) + 1) / len(lats), color="#3e6ae1")
+        for q in ("p50_ms", "p90_ms", "p99_ms"):
+            ax3.axvline(opened[q], color="#667085", ls=":", lw=1)
+            ax3.text(opened[q], 0.02, f" {q[:-3]} {opened[q]:.0f}", rotation=90, fontsize=8, va="bottom")
+    ax3.set_xlabel("latency (ms)")
+    ax3.set_ylabel("fraction of requests")
+    ax3.set_title("open-loop latency CDF")
+    cfg = result["config"]
+    fig.suptitle(
+        f"resnet50 serve on {result['machine']['cpus']} CPUs, {cfg['precision']}, weights: {result['weights']}, "
+        f"max batch {cfg['max_batch']}, max wait {cfg['max_wait_ms']:g} ms",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from resnet50.samples import write_jpegs
+    from resnet50.weights import cache_dir
+
+    folder = cache_dir() / "bench-images"
+    paths = [str(p) for p in write_jpegs(folder, args.count)]
+    bodies = [Path(p).read_bytes() for p in paths]
+    print(f"baseline: classify_stream over {len(paths)} images ...", file=sys.stderr)
+    base = baseline(args, paths)
+    print(f"baseline: {base['images_per_s']:.1f} images/s", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        served = asyncio.run(serve_and_load(args, bodies, base["images_per_s"], Path(tmp)))
+    closed, opened = served["closed"], served["open"]
+    ratio = closed["images_per_s"] / base["images_per_s"]
+    goals = {
+        "closed_ratio_at_least_0.8": ratio >= GOAL_RATIO,
+        "open_p99_at_most_60ms": opened["p99_ms"] is not None and opened["p99_ms"] <= GOAL_P99_MS,
+        "open_zero_errors": opened["error"] == 0,
+        "open_zero_lost": opened["lost"] == 0,
+        "open_at_least_60s": args.duration >= 60,
+    }
+    result = {
+        "benchmark": "load_test",
+        "weights": base["weights"],
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },
+        "baseline": base,
+        "closed": closed,
+        "ratio": round(ratio, 3),
+        "open": opened,
+        "server_exit_code": served["server_exit_code"],
+        "goals": goals,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    png = args.out.with_suffix(".png")
+    plot(result, png)
+    summary = {k: v for k, v in opened.items() if k != "timeline"}
+    print(
+        json.dumps(
+            {
+                "weights": result["weights"],
+                "baseline_images_per_s": round(base["images_per_s"], 2),
+                "closed": closed,
+                "ratio": result["ratio"],
+                "open": summary,
+                "goals": goals,
+                "server_exit_code": served["server_exit_code"],
+                "json": str(args.out),
+                "png": str(png),
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
