@@ -1,0 +1,144 @@
+"""Benchmark the MLPerf harness: LoadGen Offline samples/s and SingleStream p90 latency, each next
+to the strongest baseline measured in the same run — ``resnet50 bench`` inference only
+(:func:`resnet50.bench.bench_infer`: one preprocessed batch run back to back, no LoadGen, no
+sample library), at the same batch size (Offline) and at batch 1 (SingleStream).
+
+The LoadGen runs use short settings (``min_duration`` = ``--duration``, ``min_query_count``
+low) on generated JPEGs; Offline's ``target_qps`` is set 1.5x above the measured baseline so
+the run is VALID. Weights: synthetic (same compute as MLPerf's). Writes JSON and a PNG chart.
+
+    python benchmarks/mlperf_offline.py --precision fp32 int8 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_dataset(count: int, cache: Path):
+    from resnet50.mlperf.dataset import ImagenetDataset, write_val_map
+    from resnet50.samples import write_jpegs
+    from resnet50.weights import cache_dir
+
+    root = cache_dir() / "bench_imagenet"
+    paths = write_jpegs(root, count, seed=7000)
+    write_val_map(root / "val_map.txt", [(p.name, 0) for p in paths])  # labels unused in performance mode
+    dataset = ImagenetDataset.from_val_map(root, count=count, cache_dir=cache)
+    dataset.prepare()
+    return dataset
+
+
+def bench_precision(precision: str, dataset, args, out_dir: Path) -> dict:
+    from resnet50 import ResNet50
+    from resnet50.bench import bench_infer
+    from resnet50.mlperf.run import RunOptions, run
+
+    model = ResNet50.load(precision=precision, threads=args.threads)
+    print(f"[{precision}] baseline: bench_infer batch {args.batch} for {args.duration}s", file=sys.stderr)
+    baseline = bench_infer(model, batch=args.batch, duration=args.duration, warmup=1.0)
+    print(f"[{precision}]   {baseline.images_per_s} img/s", file=sys.stderr)
+    target_qps = max(1.0, 1.5 * baseline.images_per_s)
+    offline = run(
+        model, dataset,
+        RunOptions(scenario="Offline", output=out_dir / f"{precision}-offline", target_qps=target_qps,
+                   min_duration_ms=int(args.duration * 1000), min_query_count=1, batch_size=args.batch),
+    )  # fmt: skip
+    print(f"[{precision}]   LoadGen Offline {offline['metrics']['samples_per_second']} samples/s", file=sys.stderr)
+    baseline_b1 = bench_infer(model, batch=1, duration=args.duration, warmup=1.0)
+    single = run(
+        model, dataset,
+        RunOptions(scenario="SingleStream", output=out_dir / f"{precision}-singlestream",
+                   target_latency_ms=baseline_b1.latency_ms["p50"], min_duration_ms=int(args.duration * 1000),
+                   min_query_count=64),
+    )  # fmt: skip
+    print(
+        f"[{precision}]   batch-1 p90 {baseline_b1.latency_ms['p90']} ms; "
+        f"LoadGen SingleStream p90 {single['metrics']['percentile_latency_ms']:.3f} ms",
+        file=sys.stderr,
+    )
+    offline_sps = offline["metrics"]["samples_per_second"]
+    return {
+        "precision": precision,
+        "baseline_infer": baseline.to_dict(),
+        "baseline_infer_batch1": baseline_b1.to_dict(),
+        "offline": {
+            "result": offline["result"],
+            "samples_per_second": offline_sps,
+            "target_qps": target_qps,
+            "ratio_to_baseline": round(offline_sps / baseline.images_per_s, 3),
+        },
+        "singlestream": {
+            "result": single["result"],
+            "p90_latency_ms": single["metrics"]["percentile_latency_ms"],
+            "baseline_batch1_p90_ms": baseline_b1.latency_ms["p90"],
+        },
+    }
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [r["precision"] for r in rows]
+    x = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(x - 0.2, [r["baseline_infer"]["images_per_s"] for r in rows], 0.4, label="resnet50 bench (infer)")
+    left.bar(x + 0.2, [r["offline"]["samples_per_second"] for r in rows], 0.4, label="LoadGen Offline")
+    left.set(xticks=x, xticklabels=names, ylabel="samples/s", title="Offline throughput")
+    left.legend()
+    right.bar(x - 0.2, [r["singlestream"]["baseline_batch1_p90_ms"] for r in rows], 0.4, label="bench batch 1")
+    right.bar(x + 0.2, [r["singlestream"]["p90_latency_ms"] for r in rows], 0.4, label="LoadGen SingleStream")
+    right.set(xticks=x, xticklabels=names, ylabel="p90 latency (ms)", title="SingleStream latency")
+    right.legend()
+    fig.suptitle(f"ResNet50 v1.5 MLPerf harness, synthetic weights, {os.cpu_count()} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"))
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per measurement (default 30)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--count", type=int, default=64, help="generated images in the sample library")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "mlperf_offline.json")
+    args = parser.parse_args(argv)
+
+    from resnet50.cpu import cpu_info
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = build_dataset(args.count, Path(tmp) / "cache")
+        rows = [bench_precision(p, dataset, args, Path(tmp) / "logs") for p in args.precision]
+    result = {
+        "benchmark": "mlperf_offline",
+        "weights": "synthetic",
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": cpu_info()},
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    chart(rows, args.out.with_suffix(".png"))
+    print(
+        json.dumps(
+            {r["precision"]: {"offline": r["offline"], "singlestream": r["singlestream"]} for r in rows}, indent=2
+        )
+    )
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
