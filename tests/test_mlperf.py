@@ -117,23 +117,52 @@ def test_accuracy_mode_scores_100_for_fp32(scenario, model_fp32, dataset, short_
     assert results["accuracy"]["line"] == f"accuracy=100.000%, good={COUNT}, total={COUNT}"
 
 
-def test_accuracy_log_holds_reference_labels(model_fp32, dataset, short_conf, tmp_path):
-    """Each response is float32(ArgMax - 1), the 0..999 label the reference harness writes."""
+@pytest.fixture(scope="module")
+def offline_accuracy_log(model_fp32, dataset, short_conf, tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("offline-accuracy")
     run(model_fp32, dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
-    entries = json.loads((tmp_path / "out" / "mlperf_log_accuracy.json").read_text())
+    return tmp_path / "out" / "mlperf_log_accuracy.json"
+
+
+def test_accuracy_log_holds_reference_labels(model_fp32, dataset, offline_accuracy_log):
+    """Each response is float32(ArgMax - 1), the 0..999 label the reference harness writes."""
+    entries = json.loads(offline_accuracy_log.read_text())
     found = {e["qsl_idx"]: np.frombuffer(bytes.fromhex(e["data"]), np.float32)[0] for e in entries}
     argmax = model_fp32.run(dataset.tensor(range(COUNT), np.float32))["ArgMax:0"]
     assert [found[i] for i in range(COUNT)] == [np.float32(a - 1) for a in argmax]
 
 
-def test_scoring_counts_wrong_labels(model_fp32, dataset, short_conf, tmp_path):
-    run(model_fp32, dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
+def test_scoring_counts_wrong_labels(dataset, offline_accuracy_log, tmp_path):
     entries = read_val_map(dataset.val_map)
     wrong = [(name, (label + 1) % 1000 if i in (0, 5) else label) for i, (name, label) in enumerate(entries)]
     val_map = write_val_map(tmp_path / "wrong.txt", wrong)
-    result = score(tmp_path / "out" / "mlperf_log_accuracy.json", val_map)
-    assert (result.good, result.total) == (COUNT - 2, COUNT)
-    assert result.line() == reference_accuracy(tmp_path / "out" / "mlperf_log_accuracy.json", val_map)
+    result = score(offline_accuracy_log, val_map)
+    assert (result.good, result.total, result.duplicates) == (COUNT - 2, COUNT, 0)
+    assert result.line() == reference_accuracy(offline_accuracy_log, val_map)
+
+
+def test_scoring_ignores_duplicates_like_the_reference(dataset, offline_accuracy_log, tmp_path):
+    entries = json.loads(offline_accuracy_log.read_text())
+    wrong_first = {**entries[0], "data": np.float32(-1).tobytes().hex()}
+    log = tmp_path / "dupes.json"
+    log.write_text(json.dumps([*entries, wrong_first]))  # a later duplicate does not count
+    result = score(log, dataset.val_map)
+    assert (result.good, result.total, result.duplicates) == (COUNT, COUNT, 1)
+    log.write_text(json.dumps([wrong_first, *entries]))  # the first answer for an index counts
+    assert score(log, dataset.val_map).line() == reference_accuracy(log, dataset.val_map)
+    assert score(log, dataset.val_map).good == COUNT - 1
+
+
+def test_shipped_user_conf_is_applied():
+    import mlperf_loadgen as lg
+
+    from resnet50.mlperf.run import default_user_conf, test_settings
+
+    assert default_user_conf().is_file()
+    settings, conf = test_settings(lg, RunOptions(scenario="Offline"))
+    assert conf == default_user_conf() and settings.offline_expected_qps == 30
+    settings, _ = test_settings(lg, RunOptions(scenario="Server", target_qps=7.5, target_latency_ms=50))
+    assert (settings.server_target_qps, settings.server_target_latency_ns) == (7.5, 50_000_000)
 
 
 def test_native_model_gives_the_same_accuracy_log(model_fp32, model_native, dataset, short_conf, tmp_path):
@@ -255,6 +284,19 @@ def test_cli_human_output_carries_the_synthetic_warning(imagenet, short_conf, tm
     assert "top-1 100.000% (4/4) vs val_map.txt" in out
     assert "WARNING: synthetic weights" in out and "not ImageNet accuracy" in out
     assert "ImageNet accuracy" not in out.replace("not ImageNet accuracy", "")
+
+
+def test_cli_lists_corrupt_files(imagenet, tmp_path, capsys):
+    root = tmp_path / "corrupt"
+    shutil.copytree(imagenet, root)
+    (root / "img_00004.jpg").write_bytes(b"")
+    assert (
+        main(["mlperf", "--dataset", str(root), "--cache", str(tmp_path / "c"), "--output", str(tmp_path / "o")]) == 2
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "resnet50 mlperf: error: 1 of 12 data set files could not be read: img_00004.jpg (empty input, not an image)"
+    )
+    assert not (tmp_path / "o").exists()  # nothing ran, so no logs that could be mistaken for results
 
 
 @pytest.mark.parametrize(

@@ -51,11 +51,15 @@ def run(args: argparse.Namespace) -> int:
         if not images:
             raise InvalidInputError(f"no image files in {' '.join(args.images)}")
         dataset = ImagenetDataset.from_images(images, count=args.count, cache_dir=args.cache)
+    with tqdm(
+        total=len(dataset), unit="img", desc="preprocess", disable=not show_progress(args), file=sys.stderr
+    ) as bar:
+        dataset.prepare(progress=bar.update)
     model = load_model(args)
     reference = None
     if args.compare:
         reference = ResNet50.load(precision=args.compare, model=args.model, threads=args.threads)
-    with tqdm(total=len(dataset), unit="img", disable=not show_progress(args), file=sys.stderr) as bar:
+    with tqdm(total=len(dataset), unit="img", desc="eval", disable=not show_progress(args), file=sys.stderr) as bar:
         result = evaluate(model, dataset, reference=reference, batch_size=args.batch, progress=bar.update)
     if args.json:
         print_json(result)
