@@ -326,7 +326,7 @@ def test_burst_past_queue_limit_gets_503_with_retry_after(model_fp32, sample_pho
         async def burst():
             limits = httpx.Limits(max_connections=16)
             async with httpx.AsyncClient(base_url=srv.url, timeout=120, limits=limits) as client:
-                return await asyncio.gather(*(client.post("/v1/classify", content=photo) for _ in range(12)))
+                return await asyncio.gather(*(client.post("/v1/classify", content=photo) for _ in range(24)))
 
         responses = asyncio.run(burst())
         codes = sorted(r.status_code for r in responses)
@@ -497,3 +497,28 @@ def test_batcher_admission_limit():
 
     inflight, _ = _run_batcher(work, max_queue=2)
     assert inflight == 0
+
+
+def test_native_server_same_answers_and_uint8_v2(model_native, model_fp32, sample_photos, tmp_path):
+    """With --native the page/v1 answers are the Python path's, and v2 takes the uint8 crop."""
+    srv = ServerProcess(tmp_path, "--native")
+    try:
+        photo = sample_photos[3]
+        response = httpx.post(f"{srv.url}/v1/classify", content=photo.read_bytes(), timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == _expected(model_fp32, [photo])[0]
+        meta = httpx.get(f"{srv.url}/v2/models/resnet50").json()
+        assert meta["inputs"] == [{"name": "input_uint8", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]
+        crop, _ = model_native.preprocess(str(photo))
+        request = {"inputs": [{"name": "input_uint8", "datatype": "UINT8", "shape": [1, 3, 224, 224]}]}
+        request["inputs"][0]["data"] = crop.ravel().tolist()
+        body = httpx.post(f"{srv.url}{_V2}", json=request, timeout=120).json()
+        want = model_native.run(crop)
+        for out in body["outputs"]:
+            assert np.array_equal(np.asarray(out["data"]).reshape(out["shape"]), want[out["name"]]), out["name"]
+        request["inputs"][0]["data"][0] = 300
+        refused = httpx.post(f"{srv.url}{_V2}", json=request, timeout=120)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "input 'input_uint8': UINT8 data must be whole numbers in 0..255"
+    finally:
+        assert srv.stop() == 0, srv.stderr

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InvalidInputError, ResNet50Error
+from ..errors import ImageDecodeError, InvalidInputError, ResNet50Error
 from ..postprocess import postprocess
 from ..preprocess import PreprocessContext, center_crop_uint8, decode, normalize
 from . import v2
@@ -99,7 +99,12 @@ def create_app(
         return b"".join(chunks)
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
-        bgr = decode(data, source)
+        import cv2
+
+        try:
+            bgr = decode(data, source)
+        except cv2.error as exc:  # OpenCV refuses some malformed headers by raising
+            raise ImageDecodeError(f"{source}: not a decodable image ({exc.err or 'OpenCV error'})") from None
         crop = np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))[None]
         return (crop if model.input_dtype == np.uint8 else normalize(crop)), bgr.shape[:2]
 
@@ -251,6 +256,8 @@ async def _images(request: Request, body: bytes) -> list[tuple[bytes, str]]:
         form = await Request(request.scope, replay).form(max_files=256, max_fields=256)
     except MultiPartException as exc:
         raise InvalidInputError(f"malformed multipart body: {exc.message}") from None
+    except StarletteHTTPException as exc:  # how Starlette reports a parse error inside an app
+        raise InvalidInputError(f"malformed multipart body: {exc.detail}") from None
     uploads = form.getlist("file") + form.getlist("files")
     if not uploads:
         raise InvalidInputError("multipart body has no 'file' field; send the image as field 'file'")
