@@ -79,6 +79,8 @@ def test_settings(lg, options: RunOptions):
     """LoadGen's ``TestSettings``: mlperf.conf, then ``user.conf``, then the explicit overrides."""
     settings = lg.TestSettings()
     conf = Path(options.user_conf) if options.user_conf else default_user_conf()
+    if not conf.is_file():
+        raise InputNotFoundError(f"{conf}: this install lacks the shipped user.conf; give one with --user-conf FILE")
     if settings.FromConfig(os.fspath(conf), MODEL_NAME, options.scenario) != 0:
         raise InvalidInputError(f"{conf}: LoadGen could not read it as a user.conf")
     settings.scenario = getattr(lg.TestScenario, options.scenario)
