@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -195,13 +196,27 @@ def test_resume_cuts_a_half_written_csv_line(dataset, local_rows, model_fp32, tm
     assert rows[dataset["good"][6]] == _by_path(local_rows)[dataset["good"][6]]
 
 
+def test_progress_bar_shows_count_and_rate_only_when_asked(dataset, model_fp32, tmp_path, capsys):
+    run_batch(dataset["images"], tmp_path / "quiet.csv", model=model_fp32)
+    assert "img/s" not in capsys.readouterr().err
+    run_batch(dataset["images"], tmp_path / "bar.csv", model=model_fp32, progress=True)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{GOOD + 2}/{GOOD + 2} [" in last and "img/s]" in last
+
+
 # --- command line -------------------------------------------------------------------------
 
 
-def test_cli_writes_rows_and_prints_a_json_summary(dataset, local_rows, tmp_path, capsys):
+def test_cli_writes_rows_and_prints_a_json_summary(dataset, local_rows, tmp_path, capsys, monkeypatch):
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # as on a terminal: only --json keeps the bar away
+        monkeypatch.setattr(stream, "isatty", lambda: True)
     out = tmp_path / "cli.parquet"
     assert main(["batch", str(dataset["images"]), "-o", str(out), "--batch", "4", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "img/s" not in captured.err
+    summary = json.loads(captured.out)
     assert {k: summary[k] for k in ("rows", "classified", "errors", "weights", "engine")} == {
         "rows": GOOD + 2,
         "classified": GOOD,
@@ -210,6 +225,11 @@ def test_cli_writes_rows_and_prints_a_json_summary(dataset, local_rows, tmp_path
         "engine": "local",
     }
     assert _read(out) == local_rows
+    assert main(["batch", str(dataset["images"]), "-o", str(tmp_path / "cli.csv")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "img/s]" in captured.err
+    summary_line = rf"cli\.csv: {GOOD + 2} rows \({GOOD} classified, 2 errors\) in [\d.]+ s, [\d.]+ images/s, synthetic"
+    assert re.search(summary_line, captured.err)
 
 
 @pytest.mark.parametrize(
@@ -243,12 +263,11 @@ def ray_local():
 def test_ray_engine_gives_the_same_rows_as_local(ray_local, dataset, local_rows, model_fp32, tmp_path):
     from resnet50.batch.ray_engine import iter_tables
 
-    ray_rows = [
-        row
-        for t in iter_tables(classify_dataset(dataset["images"], engine="ray", model=model_fp32))
-        for row in t.to_pylist()
-    ]
+    ds = classify_dataset(dataset["images"], engine="ray", model=model_fp32)
+    ray_rows = [row for table in iter_tables(ds) for row in table.to_pylist()]
     assert ray_rows == local_rows  # same order, same values, bit for bit
+    stats = ds.stats()  # decoding ran in its own tasks, not fused into the model actors
+    assert "MapBatches(decode_batch)" in stats and "MapBatches(decode_batch)->" not in stats
     out = tmp_path / "ray.jsonl"
     summary = run_batch(dataset["images"], out, engine="ray", model=model_fp32, batch_size=3)
     assert (summary.engine, summary.classified, summary.errors) == ("ray", GOOD, 2)

@@ -106,7 +106,10 @@ def _ray_dataset(
         paths,
         precision=model.precision,
         use_native=model.use_native,
-        model=os.fspath(model.source.path),
+        # A file the user named travels as a path; the default (fetched or synthetic) is resolved
+        # on each node, and the checksum keeps every node on the driver's weights.
+        model=os.fspath(model.source.path) if model.source.origin in ("argument", "RESNET50_MODEL") else None,
+        md5=model.source.md5,
         threads=threads,
         batch_size=batch_size,
         top_k=top_k,

@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import INPUT_SIZE
-from ..errors import BackendUnavailableError, ResNet50Error
+from ..errors import BackendUnavailableError, ModelFileError, ResNet50Error
 from ..postprocess import postprocess
 from ..preprocess import PreprocessContext, normalize, preprocess_one
 from .rows import make_rows, schema
+
+DECODE_MEMORY = 4 << 20  # bytes a decode task may hold per image
 
 
 def import_ray():
@@ -69,7 +71,11 @@ def decode_batch(batch: dict) -> dict:
 
 
 class RayClassifier:
-    """The model in a Ray actor: loaded once in ``__init__``, one batch of crops per call."""
+    """The model in a Ray actor: loaded once in ``__init__``, one batch of crops per call.
+
+    ``md5`` is the driver's model file checksum: a worker node that resolves a different
+    file (no fetched MLPerf file there, say) refuses to run rather than mix weights.
+    """
 
     def __init__(
         self,
@@ -78,11 +84,21 @@ class RayClassifier:
         model: str | None = None,
         threads: int | None = None,
         top_k: int = 5,
+        md5: str | None = None,
     ):
+        import socket
+
         from ..model import ResNet50
 
         self.model = ResNet50.load(precision, use_native=use_native, model=model, threads=threads)
         self.top_k = top_k
+        source = self.model.source
+        if md5 and source.md5 != md5:
+            raise ModelFileError(
+                f"Ray worker on {socket.gethostname()} loaded {source.path} ({source.weights} weights, md5 "
+                f"{source.md5}) but the driver runs md5 {md5}; give every node the same file "
+                "(--model on a shared path, or resnet50 fetch on each node)"
+            )
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -109,6 +125,7 @@ def build_dataset(
     precision: str = "fp32",
     use_native: bool = False,
     model: str | None = None,
+    md5: str | None = None,
     threads: int | None = None,
     batch_size: int = 8,
     top_k: int = 5,
@@ -129,7 +146,12 @@ def build_dataset(
     context.enable_progress_bars = False
     blocks = max(1, min(len(paths) // (4 * batch_size), 10_000))
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-    ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1)
+    # The memory hint (decoded photos are ~0.5-4 MB each) also keeps Ray from fusing decoding
+    # into the model actors, which it does for maps with equal resource requests: separate,
+    # decoding runs in parallel tasks and overlaps inference.
+    ds = ds.map_batches(
+        decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1, memory=batch_size * DECODE_MEMORY
+    )
     restarts = {} if max_restarts is None else {"max_restarts": max_restarts, "max_task_retries": max_restarts}
     return ds.map_batches(
         actor_class,
@@ -143,6 +165,7 @@ def build_dataset(
             "model": model,
             "threads": threads,
             "top_k": top_k,
+            "md5": md5,
         },
         **restarts,
     )
