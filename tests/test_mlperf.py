@@ -156,13 +156,24 @@ def test_scoring_ignores_duplicates_like_the_reference(dataset, offline_accuracy
 def test_shipped_user_conf_is_applied():
     import mlperf_loadgen as lg
 
-    from resnet50.mlperf.run import default_user_conf, test_settings
+    from resnet50.mlperf.run import build_settings, default_user_conf
 
     assert default_user_conf().is_file()
-    settings, conf = test_settings(lg, RunOptions(scenario="Offline"))
+    settings, conf = build_settings(lg, RunOptions(scenario="Offline"))
     assert conf == default_user_conf() and settings.offline_expected_qps == 30
-    settings, _ = test_settings(lg, RunOptions(scenario="Server", target_qps=7.5, target_latency_ms=50))
+    settings, _ = build_settings(lg, RunOptions(scenario="Server", target_qps=7.5, target_latency_ms=50))
     assert (settings.server_target_qps, settings.server_target_latency_ns) == (7.5, 50_000_000)
+
+
+def test_unreadable_user_conf_is_refused(tmp_path):
+    import mlperf_loadgen as lg
+
+    from resnet50.mlperf.run import build_settings
+
+    bad = tmp_path / "user.conf"
+    bad.write_text("*.Offline.target_qps = fast\n")
+    with pytest.raises(InvalidInputError, match=r"user\.conf: LoadGen could not read it as a user\.conf$"):
+        build_settings(lg, RunOptions(user_conf=bad))
 
 
 def test_native_model_gives_the_same_accuracy_log(model_fp32, model_native, dataset, short_conf, tmp_path):

@@ -75,7 +75,7 @@ def loadgen():
     return mlperf_loadgen
 
 
-def test_settings(lg, options: RunOptions):
+def build_settings(lg, options: RunOptions):
     """LoadGen's ``TestSettings``: mlperf.conf, then ``user.conf``, then the explicit overrides."""
     settings = lg.TestSettings()
     conf = Path(options.user_conf) if options.user_conf else default_user_conf()
@@ -156,7 +156,7 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     """Run one LoadGen test of ``model`` on ``dataset``; write its logs and ``results.json``."""
     options.check()
     lg = loadgen()
-    settings, conf = test_settings(lg, options)
+    settings, conf = build_settings(lg, options)
     dataset.prepare()
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
