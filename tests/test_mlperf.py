@@ -4,6 +4,7 @@ fp32 model's own labels, the accuracy log in the reference format, and clear dat
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,19 @@ def test_performance_run_is_valid(scenario, model_fp32, dataset, short_conf, tmp
     else:
         assert metrics["percentile"] == 50.0
         assert metrics["percentile_latency_ms"] == int(parse_summary(summary)["50.0th percentile latency (ns)"]) / 1e6
+
+
+def test_offline_below_real_throughput_is_invalid_with_advice(model_fp32, dataset, short_conf, tmp_path):
+    options = _options(tmp_path, short_conf, "Offline", target_qps=0.5)
+    options.min_query_count = 1
+    results = run(model_fp32, dataset, options)
+    assert results["result"] == "INVALID"
+    assert "Result is : INVALID" in (tmp_path / "out" / "mlperf_log_summary.txt").read_text()
+    assert re.fullmatch(
+        r"Offline ran at [\d.]+ samples/s, above target_qps 0.5, so it ended before min_duration: "
+        r"rerun with --target-qps \d+",
+        results["advice"][-1],
+    )
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -99,7 +99,6 @@ def _print_human(results: dict) -> None:
             print(f"completed samples/s : {m['completed_samples_per_second']}")
         if "percentile_latency_ms" in m:
             print(f"p{m['percentile']:g} latency : {m['percentile_latency_ms']:.2f} ms")
-        if results["result"] != "VALID":
-            print("INVALID: see the summary's 'Recommendations'; for Offline, --target-qps must be at least the "
-                  "real samples/s; short runs need --min-duration/--min-query-count")  # fmt: skip
+        for line in results.get("advice", []):
+            print(f"  {line}")
     print(f"logs: {results['output']}/ ({', '.join(results['files'])})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -152,6 +153,23 @@ def metrics(scenario: str, summary: dict[str, str]) -> dict:
     return out
 
 
+def advice(scenario: str, summary: dict[str, str], text: str) -> list[str]:
+    """Why a run is INVALID and what to change: LoadGen's recommendations, plus the Offline fix."""
+    lines = []
+    if "Recommendations:" in text:
+        section = text.split("Recommendations:", 1)[1].split("=====", 1)[0]
+        # bullets (" * ...", wrapped onto indented lines) under "Recommendations" and "Early Stopping Result"
+        bullets = "\n".join(line for line in section.splitlines() if not line.rstrip().endswith(":"))
+        lines = [" ".join(item.split()) for item in bullets.split(" * ") if item.strip()]
+    rate, target = _number(summary.get("Samples per second")), _number(summary.get("target_qps"))
+    if scenario == "Offline" and rate and target and rate > target:
+        lines.append(
+            f"Offline ran at {rate:.1f} samples/s, above target_qps {target:g}, so it ended before min_duration: "
+            f"rerun with --target-qps {math.ceil(rate * 1.2)}"
+        )
+    return lines
+
+
 def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     """Run one LoadGen test of ``model`` on ``dataset``; write its logs and ``results.json``."""
     options.check()
@@ -206,6 +224,8 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
         results["result"] = summary.get("Result is", "UNKNOWN")
         results["metrics"] = metrics(options.scenario, summary)
         results["summary"] = summary
+        if results["result"] != "VALID":
+            results["advice"] = advice(options.scenario, summary, summary_path.read_text())
     else:
         accuracy = score(output / "mlperf_log_accuracy.json", dataset.val_map)
         results["accuracy"] = {**accuracy.to_dict(), "line": accuracy.line()}
