@@ -307,3 +307,14 @@ def test_ray_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, datase
     assert os.path.exists(marker), "the actor never died: the fault was not injected"
     assert (summary.classified, summary.errors) == (GOOD, 2)
     assert _read(out) == local_rows
+
+
+def test_ray_worker_on_other_weights_fails_the_job_with_one_clear_error(ray_local, dataset):
+    from resnet50.batch.ray_engine import build_dataset, iter_tables
+    from resnet50.errors import BackendUnavailableError
+
+    ds = build_dataset(list_inputs(dataset["images"]), md5="0" * 32)  # the driver "runs" another file
+    with pytest.raises(
+        BackendUnavailableError, match=r"the Ray job failed: Ray worker on .* but the driver runs md5 0{32}"
+    ):
+        list(iter_tables(ds))

@@ -8,6 +8,8 @@ a rerun batch replaces the lost one, so every row arrives exactly once.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..constants import INPUT_SIZE
@@ -172,7 +174,27 @@ def build_dataset(
 
 
 def iter_tables(dataset):
-    """Consume ``dataset`` into ``pyarrow.Table`` chunks of :func:`rows.schema` on the driver."""
+    """Consume ``dataset`` into ``pyarrow.Table`` chunks of :func:`rows.schema` on the driver.
+
+    A job Ray gives up on (an actor that cannot start, retries spent) becomes one
+    :class:`BackendUnavailableError` naming the cause, not a page of remote tracebacks.
+    """
+    import ray
+
     target = schema()
-    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield table.select(list(target.names)).cast(target)
+    try:
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield table.select(list(target.names)).cast(target)
+    except ray.exceptions.RayError as exc:
+        raise BackendUnavailableError(f"the Ray job failed: {failure_reason(exc)}") from None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The root cause inside a Ray error: our own error's message when there is one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = re.match(r"resnet50\.errors\.\w+: (.*)", line)
+        if match:
+            return match.group(1)
+    causes = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)]
+    return (causes[-1] if causes else lines[0] if lines else type(exc).__name__)[:500]
