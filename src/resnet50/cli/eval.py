@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     reference = None
     if args.compare:
-        reference = ResNet50.load(precision=args.compare, model=args.model, threads=args.threads)
+        reference = ResNet50.load(precision=args.compare, device=args.device, model=args.model, threads=args.threads)
     with tqdm(total=len(dataset), unit="img", desc="eval", disable=not show_progress(args), file=sys.stderr) as bar:
         result = evaluate(model, dataset, reference=reference, batch_size=args.batch, progress=bar.update)
     if args.json:
