@@ -175,8 +175,8 @@ def _opset(model) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
-def _ensure_opset(model, minimum: int = OPSET):
-    """Upgrade an older-opset model (the MLPerf opset-8 file) so the variant nodes apply."""
+def ensure_opset(model, minimum: int = OPSET):
+    """``model`` at opset ``minimum`` or newer (upgrades the MLPerf opset-8 file, for example)."""
     from .errors import ModelFileError
 
     if _opset(model) >= minimum:
@@ -193,7 +193,7 @@ def with_uint8_input(model):
     """Feed the model the uint8 RGB crop: the graph casts it and subtracts the means itself."""
     from onnx import TensorProto, helper, numpy_helper
 
-    model = _ensure_opset(model)
+    model = ensure_opset(model)
     graph = model.graph
     kept = [i for i in graph.input if i.name != INPUT_NAME]
     del graph.input[:]
@@ -218,7 +218,7 @@ def with_topk(model):
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    model = _ensure_opset(model)
+    model = ensure_opset(model)
     graph = model.graph
     consts = {
         "topk_start": np.array([1], np.int64),

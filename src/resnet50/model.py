@@ -17,7 +17,8 @@ from .preprocess import ImageInput, PreprocessContext, preprocess
 from .runtime import Backend, check_interface, create_backend
 from .weights import ModelSource, resolve, warn_if_synthetic
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
+BACKENDS = ("onnxruntime", "openvino")
 DEVICES = ("cpu", "cuda")
 
 
@@ -50,7 +51,9 @@ class ResNet50:
         ``resnet50 fetch``), else synthetic ones (said once on stderr).
 
         ``use_native=True`` fuses mean subtraction and top-k into the graph: ``preprocess``
-        then gives the uint8 crop and ``run`` returns the top-k directly.
+        then gives the uint8 crop and ``run`` returns the top-k directly. ``precision`` is
+        "fp32" (exact), "int8" (calibrated static quantization) or "bf16" (OpenVINO only);
+        ``backend`` is "onnxruntime" (default) or "openvino" (``pip install 'resnet50[openvino]'``).
         """
         from .variants import model_file
 
@@ -62,9 +65,15 @@ class ResNet50:
             raise BackendUnavailableError("device 'cuda' needs the torch backend, which this install does not have")
         if threads is not None and threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {threads}")
+        backend = backend or ("openvino" if precision == "bf16" else "onnxruntime")
+        if backend not in BACKENDS:
+            raise InvalidInputError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if precision == "bf16" and backend != "openvino":
+            raise InvalidInputError("precision 'bf16' runs on the openvino backend only")
         source = resolve(model)
         path = model_file(source, precision, use_native)
-        runtime = create_backend(backend or "onnxruntime", os.fspath(path), threads=threads)
+        options = {"precision": precision} if backend == "openvino" else {}
+        runtime = create_backend(backend, os.fspath(path), threads=threads, **options)
         check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)
         warn_if_synthetic(source)
         return cls(runtime, source, precision=precision, device=device, use_native=use_native)

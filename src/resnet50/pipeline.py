@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ResNet50Error
 from .postprocess import Classification, postprocess
-from .preprocess import PreprocessContext, describe, normalize, preprocess_one
+from .preprocess import PreprocessContext, center_crop_uint8, describe, normalize, to_bgr
 
 
 @dataclass
@@ -44,22 +44,39 @@ class Result:
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, summed over all images (decode+resize counted per worker)."""
+    """Seconds spent per stage, summed over all images (decode and resize summed over workers)."""
 
+    decode: float = 0.0
     preprocess: float = 0.0
     infer: float = 0.0
     postprocess: float = 0.0
     batches: list[int] = field(default_factory=list)
 
 
-def _prepare(index: int, image) -> tuple[int, str, np.ndarray | None, tuple | None, str | None, float]:
+@dataclass
+class _Prepared:
+    index: int
+    source: str
+    crop: np.ndarray | None = None  # uint8 RGB CHW
+    size: tuple[int, int] | None = None
+    error: str | None = None
+    decode_s: float = 0.0
+    preprocess_s: float = 0.0
+
+
+def _prepare(index: int, image) -> _Prepared:
+    item = _Prepared(index, describe(image))
     start = time.perf_counter()
-    source = describe(image)
     try:
-        crop, size = preprocess_one(image)
-        return index, source, crop, size, None, time.perf_counter() - start
+        bgr = to_bgr(image)
+        decoded = time.perf_counter()
+        item.decode_s = decoded - start
+        item.crop = np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))
+        item.size = (bgr.shape[0], bgr.shape[1])
+        item.preprocess_s = time.perf_counter() - decoded
     except ResNet50Error as exc:
-        return index, source, None, None, str(exc), time.perf_counter() - start
+        item.error = str(exc)
+    return item
 
 
 def default_workers() -> int:
@@ -93,9 +110,10 @@ def classify_stream(
                 item = inflight.popleft().result()
                 for i, img in itertools.islice(numbered, 1):
                     inflight.append(pool.submit(_prepare, i, img))
-                times.preprocess += item[5]
+                times.decode += item.decode_s
+                times.preprocess += item.preprocess_s
                 batch.append(item)
-                if sum(entry[2] is not None for entry in batch) >= batch_size or not inflight:
+                if sum(entry.crop is not None for entry in batch) >= batch_size or not inflight:
                     yield from _finish(model, batch, top_k, times)
                     batch = []
         finally:
@@ -103,20 +121,20 @@ def classify_stream(
                 future.cancel()
 
 
-def _finish(model, batch: list[tuple], top_k: int, times: StageTimes) -> Iterator[Result]:
-    good = [entry for entry in batch if entry[2] is not None]
+def _finish(model, batch: list[_Prepared], top_k: int, times: StageTimes) -> Iterator[Result]:
+    good = [entry for entry in batch if entry.crop is not None]
     classified: dict[int, Classification] = {}
     if good:
-        crops = np.stack([entry[2] for entry in good])
+        crops = np.stack([entry.crop for entry in good])
         tensor = crops if model.input_dtype == np.uint8 else normalize(crops)
         start = time.perf_counter()
         outputs = model.run(tensor, top_k)
         times.infer += time.perf_counter() - start
         times.batches.append(len(good))
         start = time.perf_counter()
-        ctx = PreprocessContext([e[1] for e in good], [e[3] for e in good], batched=True)
+        ctx = PreprocessContext([e.source for e in good], [e.size for e in good], batched=True)
         for entry, result in zip(good, postprocess(outputs, ctx, top_k)):
-            classified[entry[0]] = result
+            classified[entry.index] = result
         times.postprocess += time.perf_counter() - start
-    for index, source, _, _, error, _ in batch:
-        yield Result(index, source, classified.get(index), error)
+    for entry in batch:
+        yield Result(entry.index, entry.source, classified.get(entry.index), entry.error)

@@ -74,14 +74,14 @@ def native(base_path: Path):
 
 def model_file(source: ModelSource, precision: str = "fp32", use_native: bool = False) -> Path:
     """The file to run for this source, precision and postprocessing choice."""
-    if precision == "fp32":
+    if precision in ("fp32", "bf16"):  # bf16 is the backend's execution precision of the fp32 file
         base = source.path
     elif precision == "int8":
         from .quantize import int8_model
 
         base = int8_model(source)
     else:
-        raise ModelFileError(f"precision {precision!r} has no ONNX model file; choose fp32 or int8")
+        raise ModelFileError(f"precision {precision!r} has no ONNX model file; choose fp32, bf16 or int8")
     if not use_native:
         return base
     return cached_variant(source, f"{precision}-native", lambda _: native(base))

@@ -1,9 +1,9 @@
 """Where the model comes from: the MLPerf file when present, synthetic weights otherwise.
 
 Synthetic weights are seeded and deterministic, He-scaled so activations stay near unit
-range through all 53 layers, with the classifier centred on the mean pooled feature of
-generated photos so that different images get different classes (a random classifier on
-uncentred ReLU features gives every image the same one). Their labels mean nothing.
+range through all 53 layers, with the classifier fitted to the pooled features of
+generated photos so that different images get different, well separated classes (see
+:func:`_fit_classifier`). Their labels mean nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import numpy as np
 from .constants import FP32_TOP1, MLPERF_FILES, MLPERF_MD5S
 from .errors import ModelFileError
 
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 DEFAULT_SEED = 0
 _PIXEL_STD = 58.0  # std of ImageNet pixels after mean subtraction: scales the stem
 _RESIDUAL_GAIN = 0.35  # keeps the residual stream's variance from doubling at each block
 _LOGIT_STD = 3.5  # spread of the synthetic logits: top-1 scores of 0.1-0.9, like a trained model
+_CLASSIFIER_IMAGES = 48  # generated photos whose pooled features place the classifier
+_CLASSIFIER_RANK = 16  # principal feature directions the classifier reads
 
 
 def cache_dir() -> Path:
@@ -88,8 +90,14 @@ def synthetic_weights(seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
     return weights
 
 
-def _center_classifier(weights: dict[str, np.ndarray], calibration_images: int = 16) -> None:
-    """Centre and scale the classifier on the pooled features of generated photos."""
+def _fit_classifier(weights: dict[str, np.ndarray], seed: int) -> None:
+    """Point the classifier at the directions in which generated photos differ most.
+
+    A random classifier on raw ReLU features sees mostly their common mean: every image
+    gets the same class, and small numeric errors (int8) flip the ranking. Reading the
+    top principal directions of the pooled features of generated photos, whitened, gives
+    image-dependent, well separated logits, as a trained classifier has.
+    """
     import onnxruntime as ort
 
     from .graph import build_model, features_model
@@ -100,14 +108,19 @@ def _center_classifier(weights: dict[str, np.ndarray], calibration_images: int =
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    tensor, _ = preprocess(synthetic_batch(calibration_images, seed=10_000))
-    features = session.run(None, {session.get_inputs()[0].name: tensor})[0].astype(np.float64)
-    # Rounded so that last-bit differences between CPUs do not change the weights.
-    mean = np.round(features.mean(axis=0), 3)
-    spread = float(np.round(np.linalg.norm(features - mean, axis=1).mean(), 3))
-    w = weights["fc.weight"].astype(np.float64) * (_LOGIT_STD * np.sqrt(weights["fc.weight"].shape[1]) / spread)
-    weights["fc.weight"] = w.astype(np.float32)
-    weights["fc.bias"] = (-(w @ mean)).astype(np.float32)
+    tensor, _ = preprocess(synthetic_batch(_CLASSIFIER_IMAGES, seed=10_000))
+    features = np.concatenate(
+        [session.run(None, {session.get_inputs()[0].name: tensor[i : i + 8]})[0] for i in range(0, len(tensor), 8)]
+    )
+    features = features.astype(np.float64)
+    mean = features.mean(axis=0)
+    _, singular, directions = np.linalg.svd(features - mean, full_matrices=False)
+    stds = singular[:_CLASSIFIER_RANK] / np.sqrt(len(features) - 1)
+    mixing = np.random.default_rng(seed + 1).standard_normal((weights["fc.weight"].shape[0], _CLASSIFIER_RANK))
+    w = (_LOGIT_STD / np.sqrt(_CLASSIFIER_RANK)) * mixing @ (directions[:_CLASSIFIER_RANK] / stds[:, None])
+    # float16-rounded so that last-bit differences between CPUs rarely change the file.
+    weights["fc.weight"] = w.astype(np.float16).astype(np.float32)
+    weights["fc.bias"] = (-(w @ mean)).astype(np.float16).astype(np.float32)
 
 
 def build_synthetic(path: str | os.PathLike, seed: int = DEFAULT_SEED) -> Path:
@@ -117,7 +130,7 @@ def build_synthetic(path: str | os.PathLike, seed: int = DEFAULT_SEED) -> Path:
     from .graph import build_model
 
     weights = synthetic_weights(seed)
-    _center_classifier(weights)
+    _fit_classifier(weights, seed)
     metadata = {"resnet50.weights": "synthetic", "resnet50.seed": str(seed), "resnet50.version": str(SYNTHETIC_VERSION)}
     model = build_model(weights, metadata=metadata)
     path = Path(path)

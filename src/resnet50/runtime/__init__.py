@@ -15,4 +15,8 @@ def create_backend(name: str, model_path: str, *, threads: int | None = None, **
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, threads=threads, **options)
-    raise BackendUnavailableError(f"unknown backend {name!r}; choose onnxruntime")
+    if name == "openvino":
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend(model_path, threads=threads, **options)
+    raise BackendUnavailableError(f"unknown backend {name!r}; choose onnxruntime or openvino")

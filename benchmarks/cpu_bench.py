@@ -1,0 +1,180 @@
+"""CPU comparison in one run: our configurations against a reference-style pipeline.
+
+The baseline is what the MLPerf reference harness does per image: ``cv2.imread`` +
+``pre_process_vgg`` (the reference's own code) and a default ONNX Runtime fp32 session,
+one image at a time. Every other row is ``resnet50 bench`` in its own process (so peak RSS
+is per configuration). Writes ``benchmarks/results/cpu_bench.json`` and ``cpu_bench.png``.
+
+    python benchmarks/cpu_bench.py [--duration 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+CONFIGS = [  # (name, bench arguments)
+    ("ORT fp32 infer b8", ["--mode", "infer", "--precision", "fp32"]),
+    ("ORT int8 infer b8", ["--mode", "infer", "--precision", "int8"]),
+    ("OpenVINO bf16 infer b8", ["--mode", "infer", "--precision", "bf16", "--backend", "openvino"]),
+    ("OpenVINO int8 infer b8", ["--mode", "infer", "--precision", "int8", "--backend", "openvino"]),
+    ("ORT int8 infer b1", ["--mode", "infer", "--precision", "int8", "--batch", "1"]),
+    ("e2e ORT fp32 b8", ["--mode", "e2e", "--precision", "fp32"]),
+    ("e2e ORT int8 b8", ["--mode", "e2e", "--precision", "int8"]),
+    ("e2e OpenVINO int8 b8", ["--mode", "e2e", "--precision", "int8", "--backend", "openvino"]),
+]
+
+
+def reference_baseline(files: list[str], duration: float, warmup: float) -> dict:
+    """Reference-style pipeline: per image, imread + pre_process_vgg + default ORT session."""
+    import cv2
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from reference import pre_process_vgg
+    from resnet50.weights import resolve
+
+    session = ort.InferenceSession(str(resolve().path), providers=["CPUExecutionProvider"])
+    i = count = 0
+    start = time.perf_counter()
+    latencies = []
+    measuring = None
+    while True:
+        t0 = time.perf_counter()
+        tensor = pre_process_vgg(cv2.imread(files[i % len(files)]))[None]
+        session.run(["ArgMax:0"], {"input_tensor:0": tensor})
+        now = time.perf_counter()
+        i += 1
+        if measuring is None and now - start >= warmup:
+            measuring = now
+        elif measuring is not None:
+            count += 1
+            latencies.append(now - t0)
+            if now - measuring >= duration:
+                break
+    seconds = time.perf_counter() - measuring
+    from resnet50.bench import percentiles
+
+    return {"images_per_s": round(count / seconds, 2), "latency_ms": percentiles(latencies), "images": count}
+
+
+def run_bench(args: list[str], duration: float, warmup: float) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet50",
+        "bench",
+        *args,
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout)
+
+
+def cold_start() -> float:
+    """Seconds from a new process to the first label, with the model already cached."""
+    from resnet50.bench import default_images
+
+    image = str(default_images()[0])
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "resnet50", "classify", image, "--precision", "int8", "--top", "1"],
+                   capture_output=True, check=True, timeout=120)  # fmt: skip
+    return round(time.perf_counter() - start, 3)
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("images_per_s")]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    names = [r["name"] for r in rows]
+    values = [r["images_per_s"] for r in rows]
+    colors = [
+        "#999999" if r["name"].startswith("baseline") else "#1f77b4" if "e2e" in r["name"] else "#ff7f0e" for r in rows
+    ]
+    ax.barh(names, values, color=colors)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.1f}", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("images/s (higher is better)")
+    ax.set_title("ResNet50 v1.5 on this CPU (synthetic weights; same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help="3 s per configuration, to check the script works")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    from resnet50.bench import default_images
+    from resnet50.cpu import cpu_info
+
+    files = [str(p) for p in default_images()]
+    for precision in ("fp32", "int8"):  # build and cache every model before anything is timed
+        subprocess.run(
+            [sys.executable, "-m", "resnet50", "info", "--precision", precision], capture_output=True, check=True
+        )
+    rows = [
+        {
+            "name": "baseline: reference pipeline, ORT fp32, 1 image at a time",
+            **reference_baseline(files, args.duration, args.warmup),
+        }
+    ]
+    print(f"{rows[0]['name']}: {rows[0]['images_per_s']} img/s", file=sys.stderr)
+    for name, bench_args in CONFIGS:
+        rows.append({"name": name, **run_bench(bench_args, args.duration, args.warmup)})
+        print(f"{name}: {rows[-1].get('images_per_s', rows[-1].get('error'))} img/s", file=sys.stderr)
+    by_name = {r["name"]: r for r in rows}
+    baseline = rows[0]["images_per_s"]
+    e2e_int8 = by_name["e2e ORT int8 b8"].get("images_per_s", 0)
+    summary = {
+        "e2e_int8_vs_reference": round(e2e_int8 / baseline, 2),
+        "e2e_fp32_vs_infer_fp32": round(
+            by_name["e2e ORT fp32 b8"].get("images_per_s", 0) / by_name["ORT fp32 infer b8"].get("images_per_s", 1), 3
+        ),
+        "int8_b1_p90_ms": by_name["ORT int8 infer b1"].get("latency_ms", {}).get("p90"),
+        "cold_start_s": cold_start(),
+        "max_peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in rows),
+    }
+    payload = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_info(),
+        "python": platform.python_version(),
+        "weights": "synthetic",
+        "duration_s": args.duration,
+        "rows": rows,
+        "summary": summary,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cpu_bench.json").write_text(json.dumps(payload, indent=2) + "\n")
+    chart(rows, RESULTS / "cpu_bench.png")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {RESULTS / 'cpu_bench.json'} and cpu_bench.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

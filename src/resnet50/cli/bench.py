@@ -1,0 +1,82 @@
+"""``resnet50 bench``: images/s, latency percentiles, per-stage time and peak memory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .common import add_json_option, expand_images, print_json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="measure throughput and latency (inference only or end to end)")
+    parser.add_argument("--mode", choices=("infer", "e2e"), default="infer", help="inference only, or files to labels")
+    parser.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="int8")
+    parser.add_argument("--backend", choices=("onnxruntime", "openvino"), help="default: onnxruntime (bf16: openvino)")
+    parser.add_argument("--batch", type=int, default=8, metavar="B")
+    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
+    parser.add_argument("--workers", type=int, metavar="N", help="decode threads in e2e mode")
+    parser.add_argument("--images", metavar="DIR", help="image folder for e2e (default: generated ImageNet-like JPEGs)")
+    parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=2.0, metavar="S", help="seconds run before measuring")
+    parser.add_argument(
+        "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--python-post",
+        action="store_true",
+        help="e2e: float input and Python postprocessing instead of the fused graph",
+    )
+    add_json_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import bench_e2e, bench_infer
+    from ..errors import InvalidInputError
+    from ..model import ResNet50
+
+    if args.batch < 1 or args.duration <= 0 or args.warmup < 0:
+        raise InvalidInputError("--batch must be >= 1, --duration > 0 and --warmup >= 0")
+    files = None
+    if args.images:
+        files = expand_images([args.images])
+        if not files:
+            raise InvalidInputError(f"{args.images}: no image files found")
+    start = time.perf_counter()
+    native = args.mode == "e2e" and not args.python_post  # uint8 in, top-k out: no float tensor built in Python
+    model = ResNet50.load(
+        precision=args.precision,
+        device=args.device,
+        use_native=native,
+        model=args.model,
+        threads=args.threads,
+        backend=args.backend,
+    )
+    load_s = time.perf_counter() - start
+    if not args.json:
+        print(
+            f"benchmarking {args.mode} {args.precision} on {model.backend.name}, batch {args.batch} ...",
+            file=sys.stderr,
+        )
+    if args.mode == "infer":
+        result = bench_infer(model, args.batch, args.duration, args.warmup)
+    else:
+        result = bench_e2e(model, files, args.batch, args.duration, args.warmup, args.workers)
+    result.load_s = round(load_s, 3)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    lat = result.latency_ms
+    what = f"{result.mode}, {result.precision}, {result.backend}, batch {result.batch}, {result.threads} threads"
+    print(f"{result.images_per_s:.1f} images/s  ({what}, {result.weights} weights)")
+    print(
+        f"latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}"
+        f"  ({'per batch' if result.mode == 'infer' else 'per image'})"
+    )
+    if result.stages_ms_per_image:
+        print("stage ms/image  " + "  ".join(f"{k} {v:.2f}" for k, v in result.stages_ms_per_image.items()))
+    print(f"load {result.load_s:.2f}s  peak RSS {result.peak_rss_mb:.0f} MB  {result.gmac_per_s:.0f} GMAC/s")
+    return 0

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _bench(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet50", "bench", *args, "--duration", "1", "--warmup", "0.2", "--json"],
+        capture_output=True, text=True, timeout=300, env=os.environ,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_bench_infer_reports_throughput_latency_and_memory(model_fp32):
+    result = _bench("--mode", "infer", "--precision", "fp32", "--batch", "2")
+    assert result["mode"] == "infer" and result["precision"] == "fp32" and result["weights"] == "synthetic"
+    assert result["images"] % 2 == 0 and result["images"] >= 2
+    assert result["images_per_s"] > 0 and result["peak_rss_mb"] > 50
+    assert set(result["latency_ms"]) == {"p50", "p90", "p99"}
+
+
+def test_bench_e2e_reports_stages(model_fp32, tmp_path):
+    from resnet50.samples import write_jpegs
+
+    write_jpegs(tmp_path, 6)
+    result = _bench("--mode", "e2e", "--precision", "fp32", "--images", str(tmp_path), "--batch", "2")
+    assert result["mode"] == "e2e" and result["native"] is True and result["errors"] == 0
+    assert set(result["stages_ms_per_image"]) == {"decode", "preprocess", "infer", "postprocess"}
+    assert result["stages_ms_per_image"]["infer"] > 0 and result["first_result_s"] > 0
+
+
+def test_bench_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "resnet50", "bench", "--batch", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--batch must be >= 1" in proc.stderr

@@ -1,0 +1,95 @@
+"""int8 and bf16 agree with fp32 within the fidelity goals; the int8 model is cached."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from resnet50 import InvalidInputError, ResNet50
+from resnet50.preprocess import preprocess
+from resnet50.quantize import ranges_path
+from resnet50.samples import synthetic_batch
+
+
+@pytest.fixture(scope="module")
+def model_int8():
+    return ResNet50.load(precision="int8")
+
+
+@pytest.fixture(scope="module")
+def fidelity_batch():
+    # Seeds apart from those that fitted the synthetic classifier and calibrated int8.
+    return preprocess(synthetic_batch(200, seed=70_000))[0]  # 200: one flip moves top-5 containment by 0.5%
+
+
+def _softmax(model, tensor):
+    return np.concatenate([model.run(tensor[i : i + 16])["softmax_tensor:0"] for i in range(0, len(tensor), 16)])
+
+
+def fidelity(reference: np.ndarray, other: np.ndarray) -> dict:
+    """Top-1 agreement, top-1 within the reference top-5, mean cosine of the centred logits."""
+    ref_logits, other_logits = np.log(reference[:, 1:]), np.log(other[:, 1:])
+    ref_logits -= ref_logits.mean(axis=1, keepdims=True)
+    other_logits -= other_logits.mean(axis=1, keepdims=True)
+    cosine = (
+        (ref_logits * other_logits).sum(1) / np.linalg.norm(ref_logits, axis=1) / np.linalg.norm(other_logits, axis=1)
+    )
+    top5 = np.argsort(-reference[:, 1:], axis=1)[:, :5]
+    top1 = other[:, 1:].argmax(axis=1)
+    return {
+        "top1": float((reference[:, 1:].argmax(axis=1) == top1).mean()),
+        "in_top5": float(np.mean([t in row for t, row in zip(top1, top5)])),
+        "cosine": float(cosine.mean()),
+    }
+
+
+def test_int8_meets_fidelity_goals(model_fp32, model_int8, fidelity_batch):
+    result = fidelity(_softmax(model_fp32, fidelity_batch), _softmax(model_int8, fidelity_batch))
+    print("int8 vs fp32", result)
+    assert result["in_top5"] >= 0.99 and result["cosine"] >= 0.99
+
+
+def test_int8_is_really_quantized_and_cached(model_int8):
+    import onnx
+
+    graph = onnx.load(model_int8.backend.model_path).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 50 and ops.count("Conv") == 53
+    weight_types = {t.data_type for t in graph.initializer if t.name.endswith("weight_quantized")}
+    assert weight_types == {onnx.TensorProto.INT8}
+    ranges = json.loads(ranges_path(model_int8.backend.model_path).read_text())
+    assert len(ranges["data"]) > 100 and ranges["calibration_method"]["value"] == "CalibrationMethod.MinMax"
+    again = ResNet50.load(precision="int8")
+    assert again.backend.model_path == model_int8.backend.model_path
+
+
+def test_int8_native_equals_int8_python(model_int8):
+    native = ResNet50.load(precision="int8", use_native=True)
+    images = synthetic_batch(10, seed=71_000)
+    assert native.classify(images) == model_int8.classify(images)
+
+
+def test_bf16_openvino_meets_fidelity_goals(model_fp32, fidelity_batch):
+    pytest.importorskip("openvino")
+    from resnet50.cpu import cpu_info
+
+    if "avx512_bf16" not in cpu_info()["features"] and "amx_bf16" not in cpu_info()["features"]:
+        pytest.skip("this CPU has no bf16 instructions")
+    bf16 = ResNet50.load(precision="bf16")
+    assert bf16.backend.name == "openvino"
+    result = fidelity(_softmax(model_fp32, fidelity_batch), _softmax(bf16, fidelity_batch))
+    print("bf16 vs fp32", result)
+    assert result["in_top5"] >= 0.99 and result["cosine"] >= 0.99
+
+
+def test_openvino_fp32_matches_onnxruntime(model_fp32, fidelity_batch):
+    pytest.importorskip("openvino")
+    ov = ResNet50.load(backend="openvino")
+    np.testing.assert_allclose(_softmax(ov, fidelity_batch[:8]), _softmax(model_fp32, fidelity_batch[:8]), atol=2e-4)
+
+
+def test_bf16_needs_openvino():
+    with pytest.raises(InvalidInputError, match="precision 'bf16' runs on the openvino backend only"):
+        ResNet50.load(precision="bf16", backend="onnxruntime")
