@@ -424,6 +424,20 @@ def test_cuda_graphs_equal_eager_for_every_batch_size(model_fp32, varied):
 
 
 @needs_cuda
+def test_cuda_graphs_are_keyed_by_input_dtype(model_fp32, sample_photos):
+    import torch
+
+    from resnet50.preprocess import normalize, preprocess
+    from resnet50.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(model_fp32.source.path), device="cuda", precision="fp32")
+    crops, _ = preprocess(sample_photos[:3], with_scaling=False)
+    from_floats = backend.run({"input_tensor:0": normalize(crops)})["softmax_tensor:0"]
+    from_uint8 = backend.infer(torch.from_numpy(crops).cuda())["softmax_tensor:0"].cpu().numpy()
+    assert np.abs(from_floats - from_uint8).max() <= 1e-4
+
+
+@needs_cuda
 def test_cuda_native_top_k_equals_cpu_native(model_native, sample_photos):
     from resnet50.runtime.torch_backend import TorchBackend
 

@@ -105,8 +105,9 @@ class TorchBackend(Backend):
             self.cuda_graphs = False  # these modes capture CUDA graphs themselves
         if on_cuda:
             torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = precision == "fp32"
-            torch.backends.cudnn.allow_tf32 = precision == "fp32"
+            if precision == "fp32":  # process-wide switches: set, never cleared, so backends do not fight
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
         elif threads:
             torch.set_num_threads(threads)
         self.threads = threads or torch.get_num_threads()
@@ -122,7 +123,7 @@ class TorchBackend(Backend):
         self.means = torch.tensor(MEANS_RGB, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.forward_fn = self._compiled() if compile_mode else module
         self.compile_seconds: dict[int, float] = {}
-        self._graphs: dict[tuple[int, int], Any] = {}
+        self._graphs: dict[tuple[int, str, int], Any] = {}  # (batch, input dtype, top_k) → captured graph
         self._staging: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
@@ -185,7 +186,7 @@ class TorchBackend(Backend):
             "tf32": self.precision == "fp32" and self.device.type == "cuda",
             "channels_last": self.channels_last,
             "cuda_graphs": self.cuda_graphs,
-            "cuda_graph_batch_sizes": sorted({b for b, _ in self._graphs}),
+            "cuda_graph_batch_sizes": sorted({key[0] for key in self._graphs}),
             "compile_mode": self.compile_mode,
             "compile_seconds": {str(k): round(v, 2) for k, v in sorted(self.compile_seconds.items())},
             "torch_weights_cached": self.from_cache,
@@ -248,7 +249,7 @@ class TorchBackend(Backend):
                     return out
             if not self.cuda_graphs:
                 return self._forward(x, top_k)
-            key = (batch, top_k if self.native else 0)
+            key = (batch, str(x.dtype), top_k if self.native else 0)
             graph = self._graphs.get(key)
             if graph is None:
                 if len(self._graphs) >= MAX_GRAPHS:
