@@ -93,3 +93,15 @@ def test_openvino_fp32_matches_onnxruntime(model_fp32, fidelity_batch):
 def test_bf16_needs_openvino():
     with pytest.raises(InvalidInputError, match="precision 'bf16' runs on the openvino backend only"):
         ResNet50.load(precision="bf16", backend="onnxruntime")
+
+
+def test_calibration_folder_gives_its_own_cached_model(tmp_path, model_int8):
+    from resnet50.samples import write_jpegs
+
+    write_jpegs(tmp_path / "cal", 8, seed=90_000)
+    custom = ResNet50.load(precision="int8", calibration=tmp_path / "cal")
+    assert custom.backend.model_path != model_int8.backend.model_path
+    assert custom.classify(synthetic_batch(2, seed=5))[0].predictions  # runs
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="empty: no calibration images found"):
+        ResNet50.load(precision="int8", calibration=tmp_path / "empty")

@@ -46,6 +46,7 @@ class ResNet50:
         model: str | os.PathLike | None = None,
         threads: int | None = None,
         backend: str | None = None,
+        calibration: str | os.PathLike | None = None,
     ) -> ResNet50:
         """Load the model: MLPerf weights when present (``model``, ``$RESNET50_MODEL`` or
         ``resnet50 fetch``), else synthetic ones (said once on stderr).
@@ -54,6 +55,8 @@ class ResNet50:
         then gives the uint8 crop and ``run`` returns the top-k directly. ``precision`` is
         "fp32" (exact), "int8" (calibrated static quantization) or "bf16" (OpenVINO only);
         ``backend`` is "onnxruntime" (default) or "openvino" (``pip install 'resnet50[openvino]'``).
+        ``calibration`` is a folder of images that int8 calibrates on (default: generated photos;
+        with the real weights, MLPerf's calibration images).
         """
         from .variants import model_file
 
@@ -71,7 +74,7 @@ class ResNet50:
         if precision == "bf16" and backend != "openvino":
             raise InvalidInputError("precision 'bf16' runs on the openvino backend only")
         source = resolve(model)
-        path = model_file(source, precision, use_native)
+        path = model_file(source, precision, use_native, calibration)
         options = {"precision": precision} if backend == "openvino" else {}
         runtime = create_backend(backend, os.fspath(path), threads=threads, **options)
         check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)

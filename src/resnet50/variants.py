@@ -72,16 +72,19 @@ def native(base_path: Path):
     return with_topk(with_uint8_input(load_onnx(base_path)))
 
 
-def model_file(source: ModelSource, precision: str = "fp32", use_native: bool = False) -> Path:
+def model_file(
+    source: ModelSource, precision: str = "fp32", use_native: bool = False, calibration: str | os.PathLike | None = None
+) -> Path:
     """The file to run for this source, precision and postprocessing choice."""
     if precision in ("fp32", "bf16"):  # bf16 is the backend's execution precision of the fp32 file
-        base = source.path
+        base, name = source.path, "fp32"
     elif precision == "int8":
-        from .quantize import int8_model
+        from .quantize import DEFAULT_CALIBRATION_IMAGES, int8_model, variant_name
 
-        base = int8_model(source)
+        base = int8_model(source, calibration)
+        name = variant_name(calibration, DEFAULT_CALIBRATION_IMAGES)
     else:
         raise ModelFileError(f"precision {precision!r} has no ONNX model file; choose fp32, bf16 or int8")
     if not use_native:
         return base
-    return cached_variant(source, f"{precision}-native", lambda _: native(base))
+    return cached_variant(source, f"{name}-native", lambda _: native(base))

@@ -11,12 +11,16 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".pgm", ".ppm"}
 
 
-def add_model_options(parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("fp32", "int8")) -> None:
+def add_model_options(parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("fp32", "int8", "bf16")) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
     )
-    group.add_argument("--precision", choices=precisions, default="fp32")
+    group.add_argument("--precision", choices=precisions, default="fp32", help="bf16 runs on OpenVINO")
+    group.add_argument("--backend", choices=("onnxruntime", "openvino"), help="default: onnxruntime (bf16: openvino)")
+    group.add_argument(
+        "--calibration", metavar="DIR", help="int8: calibrate on these images (default: generated photos)"
+    )
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
     group.add_argument("--native", action="store_true", help="fuse mean subtraction and top-k into the graph")
@@ -30,7 +34,13 @@ def load_model(args: argparse.Namespace):
     from ..model import ResNet50
 
     return ResNet50.load(
-        precision=args.precision, device=args.device, use_native=args.native, model=args.model, threads=args.threads
+        precision=args.precision,
+        device=args.device,
+        use_native=args.native,
+        model=args.model,
+        threads=args.threads,
+        backend=getattr(args, "backend", None),
+        calibration=getattr(args, "calibration", None),
     )
 
 
