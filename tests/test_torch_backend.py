@@ -172,13 +172,14 @@ def test_converted_module_equals_onnxruntime_opset11(model_fp32, varied):
 
 
 @needs_torch
-def test_opset8_build_converts_to_the_same_weights(model_fp32, varied, tmp_path):
+def test_opset8_build_converts_to_the_same_weights(model_fp32, varied, tmp_path, monkeypatch):
     import onnx
 
     from resnet50.graph import build_model
     from resnet50.torch_model import load_converted, load_module
 
     weights = _folded_weights(model_fp32.source.path)
+    monkeypatch.setenv("RESNET50_HOME", str(tmp_path / "cache"))  # a fresh cache: really convert
     path = tmp_path / "opset8.onnx"
     onnx.save(build_model(weights, opset=8), str(path))
     converted, from_cache = load_converted(path)
