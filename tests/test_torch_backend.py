@@ -63,7 +63,8 @@ def _folded_weights(path) -> dict[str, np.ndarray]:
 def _tf_style_model(weights: dict[str, np.ndarray], opset: int):
     """The same network laid out the way tf2onnx lays out the MLPerf file: TensorFlow names, batch
     norm unfolded, explicit Pad before strided convs, SAME padding, projection shortcut first,
-    SAME_UPPER max pool, ReduceMean + Squeeze, MatMul + Add classifier."""
+    an HWIO kernel behind a Transpose, SAME_UPPER max pool, ReduceMean + Squeeze, MatMul + Add
+    classifier and an Identity before the Softmax."""
     from onnx import TensorProto, helper, numpy_helper
 
     from resnet50.graph import STAGES, conv_specs
@@ -99,7 +100,13 @@ def _tf_style_model(weights: dict[str, np.ndarray], opset: int):
             x, attrs["auto_pad"] = pad(x, spec.kernel // 2), "VALID"
         elif spec.kernel > 1:
             attrs["auto_pad"] = "SAME_UPPER"
-        kernel = const(f"{name}/kernel", (w / factor[:, None, None, None]).astype(np.float32))
+        folded = (w / factor[:, None, None, None]).astype(np.float32)
+        if i == 0:  # the stem's kernel stored as TensorFlow's HWIO, transposed in the graph
+            hwio = const(f"{name}/kernel_hwio", np.ascontiguousarray(folded.transpose(2, 3, 1, 0)))
+            nodes.append(helper.make_node("Transpose", [hwio], [f"{name}/kernel"], perm=[3, 2, 0, 1]))
+            kernel = f"{name}/kernel"
+        else:
+            kernel = const(f"{name}/kernel", folded)
         nodes.append(helper.make_node("Conv", [x, kernel], [f"{name}/Conv2D:0"], name=f"{name}/Conv2D", **attrs))
         bn = f"resnet_model/batch_normalization_{i}/FusedBatchNorm"
         params = [
@@ -140,7 +147,8 @@ def _tf_style_model(weights: dict[str, np.ndarray], opset: int):
     nodes.append(
         helper.make_node("Add", ["dense/MatMul:0", const("resnet_model/dense/bias", weights["fc.bias"])], ["logits:0"])
     )
-    nodes.append(helper.make_node("Softmax", ["logits:0"], ["softmax_tensor:0"], axis=1))
+    nodes.append(helper.make_node("Identity", ["logits:0"], ["final_dense:0"]))
+    nodes.append(helper.make_node("Softmax", ["final_dense:0"], ["softmax_tensor:0"], axis=1))
     nodes.append(helper.make_node("ArgMax", ["softmax_tensor:0"], ["ArgMax:0"], axis=1, keepdims=0))
     graph = helper.make_graph(
         nodes,

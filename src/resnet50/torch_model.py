@@ -55,10 +55,21 @@ class _Graph:
                 for attr in node.attribute:
                     if attr.name == "value":
                         self.consts[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif node.op_type == "Identity" and node.input[0] in self.consts:
-                self.consts[node.output[0]] = self.consts[node.input[0]]
+            elif node.input and node.input[0] in self.consts:
+                self._fold(node)
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
+
+    def _fold(self, node) -> None:
+        """Precompute Identity/Transpose/Reshape of constants (a converter may leave kernels HWIO)."""
+        value = self.consts[node.input[0]]
+        if node.op_type == "Identity":
+            self.consts[node.output[0]] = value
+        elif node.op_type == "Transpose":
+            perm = self.attrs(node).get("perm")
+            self.consts[node.output[0]] = np.transpose(value, perm) if perm is not None else value.T
+        elif node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in self.consts:
+            self.consts[node.output[0]] = value.reshape([int(d) for d in self.consts[node.input[1]]])
 
     def fail(self, problem: str) -> ModelFileError:
         return ModelFileError(f"{self.source}: cannot convert to torch: {problem}")
@@ -305,6 +316,8 @@ class _Walker:
             raise g.fail(f"expected the classifier (Gemm or MatMul), found {node.op_type} {node.name!r}")
         if w is None or tuple(w.shape) != (NUM_CLASSES, FEATURES) or bias is None or bias.size != NUM_CLASSES:
             raise g.fail(f"classifier {node.name!r} is not {FEATURES} -> {NUM_CLASSES}")
+        while (after := g.users(logits)) and len(after) == 1 and after[0].op_type == "Identity":
+            logits = after[0].output[0]  # TensorFlow's "final_dense" Identity
         if not any(n.op_type == "Softmax" for n in g.users(logits)):
             raise g.fail(f"no Softmax after the classifier {node.name!r}")
         self.out.weights["fc.weight"] = np.ascontiguousarray(w, np.float32)
