@@ -468,3 +468,17 @@ def test_nvjpeg_pipeline_is_close_to_exact(image_files, sample_photos):
     assert stats["cpu_fallbacks"] == 1  # the EXIF-rotated file is decoded exactly on the CPU
     assert stats["mean_abs_diff"] < 2.0
     print("nvJPEG vs exact:", stats)
+
+
+@needs_cuda
+def test_load_on_cuda_classifies_like_the_cpu(model_fp32, sample_photos):
+    """Needs the model.py routing of device='cuda' to the torch backend (see the issue-7 report)."""
+    from resnet50 import ResNet50
+
+    gpu = ResNet50.load(device="cuda", precision="fp16")
+    assert gpu.info()["backend"] == "torch" and gpu.weights == model_fp32.weights
+    tensor, _ = model_fp32.preprocess(sample_photos)
+    expected = model_fp32.run(tensor)["softmax_tensor:0"]
+    clear = _margins(expected) > 0.05
+    got = [c.class_id for c in gpu.classify(sample_photos, top_k=1)]
+    assert np.array_equal(np.array(got)[clear], expected.argmax(1)[clear])
