@@ -15,4 +15,4 @@ assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "on", torch.cuda.get_device_name())
 PY
 "$PY" -m pytest tests/test_torch_backend.py -q -rs -p no:cacheprovider
-timeout 450 "$PY" benchmarks/gpu_bench.py --budget 330 "$@"
+timeout 450 "$PY" benchmarks/gpu_bench.py --budget 420 "$@"

@@ -215,8 +215,8 @@ class GpuPreprocessor:
             tensors = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in gpu]
             try:
                 results = self._decode_jpeg(tensors, mode=self._rgb, device=self.device)
-            except RuntimeError:
-                results = [None] * len(gpu)  # nvJPEG refuses the whole batch on one bad file: redo on CPU
+            except RuntimeError:  # nvJPEG refuses the whole batch for one file: retry one by one
+                results = [self._decode_one(t) for t in tensors]
             for i, result in zip(gpu, results):
                 if result is not None:
                     decoded[i] = result
@@ -227,6 +227,12 @@ class GpuPreprocessor:
                 except ResNet50Error as exc:
                     errors[i] = str(exc)
         return decoded, errors
+
+    def _decode_one(self, data) -> Any:
+        try:
+            return self._decode_jpeg(data, mode=self._rgb, device=self.device)
+        except RuntimeError:
+            return None  # decoded exactly on the CPU instead
 
     def __call__(self, images: Sequence[Any]) -> tuple[Any, PreprocessContext, list[str | None]]:
         """Crops of the images that decoded (in order), their context, and an error (or None) per input."""
