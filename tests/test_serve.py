@@ -403,6 +403,25 @@ def test_cli_refuses_bad_options_in_one_line():
     assert proc.stderr.strip().splitlines()[-1] == "resnet50 serve: error: --max-batch must be at least 1, got 0"
 
 
+def test_cli_taken_port_is_one_line_exit_2():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "resnet50", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"resnet50 serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+
+
 # --- the batcher in-process, with a stub model that records its batches ---
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import socket
 import sys
 
@@ -64,7 +65,8 @@ def _check(args: argparse.Namespace) -> None:
             raise InvalidInputError(message)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int) -> socket.socket:
+    """Claim the address before the (slow) model load, so a taken port fails at once."""
     from ..errors import InvalidInputError
 
     try:
@@ -72,7 +74,6 @@ def _listen(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
     except OSError as exc:
         raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import default_workers
     from .common import load_model
 
+    sock = _bind(args.host, args.port)
     model = load_model(args)
     workers = args.workers or default_workers()
     app = create_app(
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_mb=args.max_body_mb,
         workers=workers,
     )
-    sock = _listen(args.host, args.port)
+    sock.listen(2048)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
@@ -119,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if not ipaddress.ip_address(host).is_loopback:
+        print(
+            f"resnet50 serve: warning: bound to {host}, not loopback: other machines can reach this server",
+            file=sys.stderr,
+        )
     _draining_server(config).run(sockets=[sock])
     return 0
 

@@ -46,8 +46,9 @@ def create_app(
     max_body_mb: float = 32.0,
     workers: int = 2,
     log=None,
-) -> FastAPI:
-    """An ASGI app serving ``model``; the batcher and decode threads live as long as the app runs."""
+) -> AccountingApp:
+    """An ASGI app serving ``model`` (the FastAPI app is its ``.app``); the batcher and decode
+    threads live as long as the app runs (its lifespan)."""
     metrics = Metrics({"weights": model.weights, "precision": model.precision, "backend": model.backend.name})
     batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
     max_body = int(max_body_mb * 1024 * 1024)
@@ -219,7 +220,7 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error(400, f"{where}: {first.get('msg', 'invalid request')}")
 
-    return _Accounting(app, metrics, counts)
+    return AccountingApp(app, metrics, counts)
 
 
 def _check_model(name: str, version: str) -> None:
@@ -283,7 +284,7 @@ async def _discard(request: Request, limit: int) -> None:
         return
 
 
-class _Accounting:
+class AccountingApp:
     """ASGI wrapper: counts and times every HTTP request, by endpoint and status code."""
 
     def __init__(self, app: FastAPI, metrics: Metrics, counts: dict):
