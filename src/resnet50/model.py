@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 
 from .constants import INPUT_NAME, INPUT_SIZE, TOPK_INPUT, UINT8_INPUT_NAME
-from .errors import BackendUnavailableError, InvalidInputError
+from .errors import InvalidInputError
 from .postprocess import Classification, postprocess
 from .preprocess import ImageInput, PreprocessContext, preprocess
 from .runtime import Backend, check_interface, create_backend
 from .weights import ModelSource, resolve, warn_if_synthetic
 
-PRECISIONS = ("fp32", "int8", "bf16")
-BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+BACKENDS = ("onnxruntime", "openvino", "torch")
 DEVICES = ("cpu", "cuda")
 
 
@@ -53,8 +53,9 @@ class ResNet50:
 
         ``use_native=True`` fuses mean subtraction and top-k into the graph: ``preprocess``
         then gives the uint8 crop and ``run`` returns the top-k directly. ``precision`` is
-        "fp32" (exact), "int8" (calibrated static quantization) or "bf16" (OpenVINO only);
-        ``backend`` is "onnxruntime" (default) or "openvino" (``pip install 'resnet50[openvino]'``).
+        "fp32" (exact), "int8" (calibrated static quantization), "bf16" (OpenVINO on CPU, torch
+        on CUDA) or "fp16" (CUDA); ``backend`` is "onnxruntime" (default), "openvino"
+        (``pip install 'resnet50[openvino]'``) or "torch" (``device="cuda"``, ``resnet50[cuda]``).
         ``calibration`` is a folder of images that int8 calibrates on (default: generated photos;
         with the real weights, MLPerf's calibration images).
         """
@@ -64,10 +65,14 @@ class ResNet50:
             raise InvalidInputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if device not in DEVICES:
             raise InvalidInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-        if device == "cuda":
-            raise BackendUnavailableError("device 'cuda' needs the torch backend, which this install does not have")
         if threads is not None and threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {threads}")
+        if device == "cuda":
+            return cls._load_cuda(precision, use_native, model, backend)
+        if precision == "fp16":
+            raise InvalidInputError("precision 'fp16' needs device 'cuda' (the CPU runs fp32, int8 and bf16)")
+        if backend == "torch":
+            raise InvalidInputError("backend 'torch' runs device 'cuda' only")
         backend = backend or ("openvino" if precision == "bf16" else "onnxruntime")
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -80,6 +85,22 @@ class ResNet50:
         check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)
         warn_if_synthetic(source)
         return cls(runtime, source, precision=precision, device=device, use_native=use_native)
+
+    @classmethod
+    def _load_cuda(cls, precision: str, use_native: bool, model, backend: str | None) -> ResNet50:
+        """The ONNX model converted to PyTorch (cached by md5) on the GPU: fp32 (TF32), fp16 or bf16."""
+        from .runtime.torch_backend import require_cuda
+
+        if backend not in (None, "torch"):
+            raise InvalidInputError(f"device 'cuda' runs on the torch backend, not {backend!r}")
+        if precision == "int8":
+            raise InvalidInputError("precision 'int8' runs on the CPU only; on device 'cuda' use fp32, fp16 or bf16")
+        require_cuda()  # one clear line before any model file is built
+        source = resolve(model)
+        runtime = create_backend("torch", os.fspath(source.path), device="cuda", precision=precision, native=use_native)
+        check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)
+        warn_if_synthetic(source)
+        return cls(runtime, source, precision=precision, device="cuda", use_native=use_native)
 
     @classmethod
     async def load_async(cls, *args: Any, **kwargs: Any) -> ResNet50:

@@ -12,8 +12,12 @@ from .common import add_json_option, expand_images, print_json
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure throughput and latency (inference only or end to end)")
     parser.add_argument("--mode", choices=("infer", "e2e"), default="infer", help="inference only, or files to labels")
-    parser.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="int8")
-    parser.add_argument("--backend", choices=("onnxruntime", "openvino"), help="default: onnxruntime (bf16: openvino)")
+    parser.add_argument("--precision", choices=("fp32", "int8", "bf16", "fp16"), default="int8")
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "openvino", "torch"),
+        help="default: onnxruntime (bf16: openvino; cuda: torch)",
+    )
     parser.add_argument("--batch", type=int, default=8, metavar="B")
     parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
     parser.add_argument("--workers", type=int, metavar="N", help="decode threads in e2e mode")

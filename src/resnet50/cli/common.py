@@ -11,13 +11,24 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".pgm", ".ppm"}
 
 
-def add_model_options(parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("fp32", "int8", "bf16")) -> None:
+def add_model_options(
+    parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("fp32", "int8", "bf16", "fp16")
+) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
     )
-    group.add_argument("--precision", choices=precisions, default="fp32", help="bf16 runs on OpenVINO")
-    group.add_argument("--backend", choices=("onnxruntime", "openvino"), help="default: onnxruntime (bf16: openvino)")
+    group.add_argument(
+        "--precision",
+        choices=precisions,
+        default="fp32",
+        help="bf16 runs on OpenVINO (CPU) or torch (cuda); fp16 needs --device cuda",
+    )
+    group.add_argument(
+        "--backend",
+        choices=("onnxruntime", "openvino", "torch"),
+        help="default: onnxruntime (bf16: openvino; cuda: torch)",
+    )
     group.add_argument(
         "--calibration", metavar="DIR", help="int8: calibrate on these images (default: generated photos)"
     )

@@ -19,4 +19,8 @@ def create_backend(name: str, model_path: str, *, threads: int | None = None, **
         from .openvino import OpenVinoBackend
 
         return OpenVinoBackend(model_path, threads=threads, **options)
-    raise BackendUnavailableError(f"unknown backend {name!r}; choose onnxruntime or openvino")
+    if name == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model_path, threads=threads, **options)
+    raise BackendUnavailableError(f"unknown backend {name!r}; choose onnxruntime, openvino or torch")
