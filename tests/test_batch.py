@@ -318,3 +318,24 @@ def test_ray_worker_on_other_weights_fails_the_job_with_one_clear_error(ray_loca
         BackendUnavailableError, match=r"the Ray job failed: Ray worker on .* but the driver runs md5 0{32}"
     ):
         list(iter_tables(ds))
+
+
+def test_cli_ray_engine_reuses_a_running_ray_and_leaves_it_up(ray_local, dataset, local_rows, tmp_path, capsys):
+    out = tmp_path / "cli-ray.csv"
+    argv = ["batch", str(dataset["images"]), "-o", str(out), "--engine", "ray", "--num-workers", "1", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["engine"], summary["rows"], summary["errors"]) == ("ray", GOOD + 2, 2)
+    assert _read(out) == local_rows
+    assert ray_local.is_initialized()  # it was started by the caller, so the caller shuts it down
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line():
+    from resnet50.batch.ray_engine import _check_reachable
+    from resnet50.errors import BackendUnavailableError
+
+    with pytest.raises(
+        BackendUnavailableError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1: Connection refused"
+    ):
+        _check_reachable("127.0.0.1:1")
+    _check_reachable("auto")  # resolved by Ray itself, not checked here

@@ -12,6 +12,7 @@ One row per image (see :data:`COLUMNS`); a missing or corrupt image gets a row w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -54,9 +55,11 @@ class BatchSummary:
         return {**asdict(self), "rows": self.rows, "images_per_second": round(self.images_per_second, 2)}
 
 
-def _check(engine: str, batch_size: int, top_k: int) -> None:
+def _check(engine: str, batch_size: int, top_k: int, ray_options: dict) -> None:
     if engine not in ENGINES:
         raise InvalidInputError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "local" and ray_options:
+        raise InvalidInputError(f"options {', '.join(ray_options)} are for engine='ray' only")
     if batch_size < 1:
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
     if not 1 <= top_k <= 1000:
@@ -121,6 +124,23 @@ def _ray_dataset(
     )
 
 
+@contextlib.contextmanager
+def _ray_session(wanted: bool, address: str | None):
+    """Connect to Ray for one job; shut it down after only if this job started it."""
+    started = False
+    if wanted:
+        from .ray_engine import ensure_ray
+
+        started = ensure_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def classify_dataset(
     source: str | os.PathLike | Iterable[str],
     *,
@@ -142,9 +162,7 @@ def classify_dataset(
     local Ray; ``num_workers`` model actors of ``cpus_per_worker`` CPUs each). ``model`` is a
     loaded :class:`~resnet50.ResNet50`, a model file, or None for the default.
     """
-    _check(engine, batch_size, top_k)
-    if engine == "local" and ray_options:
-        raise InvalidInputError(f"options {', '.join(ray_options)} are for engine='ray' only")
+    _check(engine, batch_size, top_k, ray_options)
     paths = list_inputs(source, path_column)
     loaded = _load(model, precision, use_native, threads, device)
     if engine == "ray":
@@ -182,7 +200,7 @@ def run_batch(
     """
     from tqdm import tqdm
 
-    _check(engine, batch_size, top_k)
+    _check(engine, batch_size, top_k, ray_options)
     check_output(output, resume=resume, overwrite=overwrite)
     paths = list_inputs(source, path_column)
     skipped = 0
@@ -195,6 +213,7 @@ def run_batch(
     classified = errors = 0
     start = time.perf_counter()
     with (
+        _ray_session(engine == "ray" and bool(paths), ray_options.get("address")),
         RowWriter(output, resume=resume, overwrite=overwrite) as writer,
         tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr, smoothing=0.1) as bar,
     ):

@@ -18,6 +18,7 @@ from ..postprocess import postprocess
 from ..preprocess import PreprocessContext, normalize, preprocess_one
 from .rows import make_rows, schema
 
+DECODE_WORKER_MEMORY = 160 << 20  # a Ray worker with numpy, OpenCV and pyarrow loaded
 DECODE_MEMORY = 4 << 20  # bytes a decode task may hold per image
 
 
@@ -40,6 +41,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": True}
     if address:
+        _check_reachable(address)
         kwargs["address"] = address
     elif num_cpus:
         kwargs["num_cpus"] = num_cpus
@@ -48,6 +50,21 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     except ConnectionError as exc:
         raise BackendUnavailableError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BackendUnavailableError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; start it with `ray start --head`"
+        ) from None
 
 
 def decode_batch(batch: dict) -> dict:
@@ -148,11 +165,15 @@ def build_dataset(
     context.enable_progress_bars = False
     blocks = max(1, min(len(paths) // (4 * batch_size), 10_000))
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-    # The memory hint (decoded photos are ~0.5-4 MB each) also keeps Ray from fusing decoding
+    # The memory request (a worker plus ~0.5-4 MB per decoded photo) also keeps Ray from fusing decoding
     # into the model actors, which it does for maps with equal resource requests: separate,
     # decoding runs in parallel tasks and overlaps inference.
     ds = ds.map_batches(
-        decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1, memory=batch_size * DECODE_MEMORY
+        decode_batch,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        memory=DECODE_WORKER_MEMORY + batch_size * DECODE_MEMORY,
     )
     restarts = {} if max_restarts is None else {"max_restarts": max_restarts, "max_task_retries": max_restarts}
     return ds.map_batches(

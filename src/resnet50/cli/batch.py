@@ -52,29 +52,26 @@ def run(args: argparse.Namespace) -> int:
             "num_workers": args.num_workers,
             "cpus_per_worker": args.cpus_per_worker,
         }
+        _quiet_ray_logs()
     elif args.address or args.num_workers:
         raise InvalidInputError("--address and --num-workers need --engine ray")
-    try:
-        summary = run_batch(
-            args.input,
-            args.output,
-            engine=args.engine,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            precision=args.precision,
-            device=args.device,
-            use_native=args.native,
-            model=args.model,
-            threads=args.threads,
-            batch_size=args.batch,
-            top_k=args.top,
-            path_column=args.path_column,
-            progress=show_progress(args),
-            **ray_options,
-        )
-    finally:
-        if args.engine == "ray":
-            _shutdown_ray()
+    summary = run_batch(
+        args.input,
+        args.output,
+        engine=args.engine,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        precision=args.precision,
+        device=args.device,
+        use_native=args.native,
+        model=args.model,
+        threads=args.threads,
+        batch_size=args.batch,
+        top_k=args.top,
+        path_column=args.path_column,
+        progress=show_progress(args),
+        **ray_options,
+    )
     if args.json:
         print_json(summary.to_dict())
     else:
@@ -88,7 +85,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shutdown_ray() -> None:
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+def _quiet_ray_logs() -> None:
+    """Ray's INFO lines would drown the progress bar and the summary; keep its warnings."""
+    import logging
+
+    try:
+        import ray.data  # noqa: F401  (configures its loggers on import; then we adjust them)
+    except ImportError:
+        return  # run_batch says how to install it
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
