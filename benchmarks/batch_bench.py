@@ -9,11 +9,13 @@ compute as MLPerf's), one after another:
 - ``ray``: ``run_batch(engine="ray")`` on a local Ray with ``--ray-cpus`` CPUs, writing Parquet
   (actor start and model load included; ``ray.init`` not).
 
+With ``--repeat R`` the engines run interleaved R times and each reports its best round.
+
 ``--memory N [N ...]`` also checks that memory stays flat: the local engine on N images
 (hard links to the generated set) with the model's compute replaced by a stub, so 20,000
 images take a minute; it samples RSS as rows are written. Writes JSON and a PNG chart.
 
-    python benchmarks/batch_bench.py --count 2000 --memory 2000 20000
+    python benchmarks/batch_bench.py --count 2000 --repeat 2 --memory 2000 20000
 """
 
 from __future__ import annotations
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=2000, help="generated JPEGs (default 2000)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; each engine reports its best (default 1)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--engines", default="baseline,local,ray", help="comma list of baseline, local, ray")
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
@@ -227,28 +230,36 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "runs": {},
     }
-    for engine in engines:
-        print(f"[{engine}] {args.count} images ...", file=sys.stderr, flush=True)
-        if engine == "baseline":
-            run = run_baseline(model, paths, args.batch)
-        elif engine == "local":
-            run = run_engine("local", model, paths, args.batch, work / "local.parquet")
-        elif engine == "ray":
-            import ray
+    model.classify(paths[: args.batch])  # warm-up, so the first engine does not pay for it
+    for round_ in range(args.repeat):  # engines interleaved, so background load hits them alike
+        for engine in engines:
+            print(f"[{engine}] round {round_ + 1}: {args.count} images ...", file=sys.stderr, flush=True)
+            if engine == "baseline":
+                run = run_baseline(model, paths, args.batch)
+            elif engine == "local":
+                run = run_engine("local", model, paths, args.batch, work / "local.parquet")
+            elif engine == "ray":
+                import ray
 
-            ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
-            try:
-                run = run_engine("ray", model, paths, args.batch, work / "ray.parquet", num_workers=args.num_workers)
-            finally:
-                ray.shutdown()
-            run.update({"ray_cpus": args.ray_cpus, "num_workers": args.num_workers})
-        else:
-            parser.error(f"unknown engine {engine!r}")
-        result["runs"][engine] = run
-        print(
-            f"[{engine}] {run['images_per_second']:.2f} images/s, peak RSS {run['peak_rss_mb']:.0f} MiB",
-            file=sys.stderr,
-        )
+                ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+                try:
+                    run = run_engine(
+                        "ray", model, paths, args.batch, work / "ray.parquet", num_workers=args.num_workers
+                    )
+                finally:
+                    ray.shutdown()
+                run.update({"ray_cpus": args.ray_cpus, "num_workers": args.num_workers})
+            else:
+                parser.error(f"unknown engine {engine!r}")
+            print(
+                f"[{engine}] {run['images_per_second']:.2f} images/s, peak RSS {run['peak_rss_mb']:.0f} MiB",
+                file=sys.stderr,
+            )
+            best = result["runs"].get(engine)
+            rounds = [*(best or {}).get("rounds_images_per_second", []), run["images_per_second"]]
+            if best is None or run["images_per_second"] > best["images_per_second"]:
+                best = run
+            result["runs"][engine] = {**best, "rounds_images_per_second": rounds}
     base = result["runs"].get("baseline", {}).get("images_per_second")
     if base:
         for run in result["runs"].values():
