@@ -66,16 +66,16 @@ def _check(engine: str, batch_size: int, top_k: int, ray_options: dict) -> None:
         raise InvalidInputError(f"top_k must be in 1..1000, got {top_k}")
 
 
-def _load(model, precision: str, use_native: bool, threads: int | None, device: str = "cpu"):
+def _load(model, load: dict):
     """A loaded model, or load one (a path or None → MLPerf/synthetic as ResNet50.load decides)."""
     from ..model import ResNet50
 
     if isinstance(model, ResNet50):
         return model
-    return ResNet50.load(precision, device, use_native, model=model, threads=threads)
+    return ResNet50.load(model=model, **load)
 
 
-def _tables(paths: list[str], model, *, engine: str, batch_size: int, top_k: int, threads, ray_options: dict):
+def _tables(paths: list[str], model, *, engine: str, batch_size: int, top_k: int, load: dict, ray_options: dict):
     if engine == "local":
         from .local import iter_tables
 
@@ -83,7 +83,7 @@ def _tables(paths: list[str], model, *, engine: str, batch_size: int, top_k: int
     from . import ray_engine
 
     return ray_engine.iter_tables(
-        _ray_dataset(paths, model, batch_size=batch_size, top_k=top_k, threads=threads, **ray_options)
+        _ray_dataset(paths, model, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
     )
 
 
@@ -93,7 +93,7 @@ def _ray_dataset(
     *,
     batch_size: int,
     top_k: int,
-    threads: int | None = None,
+    load: dict,
     address=None,
     num_workers=None,
     cpus_per_worker=1.0,
@@ -107,13 +107,17 @@ def _ray_dataset(
     options = {"actor_class": actor_class} if actor_class is not None else {}
     return ray_engine.build_dataset(
         paths,
-        precision=model.precision,
-        use_native=model.use_native,
-        # A file the user named travels as a path; the default (fetched or synthetic) is resolved
-        # on each node, and the checksum keeps every node on the driver's weights.
-        model=os.fspath(model.source.path) if model.source.origin in ("argument", "RESNET50_MODEL") else None,
+        load={
+            **load,
+            "precision": model.precision,
+            "device": model.device,
+            "use_native": model.use_native,
+            "backend": load.get("backend") or getattr(model.backend, "name", None),
+            # A file the user named travels as a path; the default (fetched or synthetic) is
+            # resolved on each node, and the checksum keeps every node on the driver's weights.
+            "model": os.fspath(model.source.path) if model.source.origin in ("argument", "RESNET50_MODEL") else None,
+        },
         md5=model.source.md5,
-        threads=threads,
         batch_size=batch_size,
         top_k=top_k,
         num_workers=num_workers or 1,
@@ -150,6 +154,8 @@ def classify_dataset(
     use_native: bool = False,
     model=None,
     threads: int | None = None,
+    backend: str | None = None,
+    calibration: str | os.PathLike | None = None,
     batch_size: int = 8,
     top_k: int = 5,
     path_column: str = "path",
@@ -164,14 +170,20 @@ def classify_dataset(
     """
     _check(engine, batch_size, top_k, ray_options)
     paths = list_inputs(source, path_column)
-    loaded = _load(model, precision, use_native, threads, device)
+    load = dict(
+        precision=precision,
+        device=device,
+        use_native=use_native,
+        threads=threads,
+        backend=backend,
+        calibration=calibration,
+    )
+    loaded = _load(model, load)
     if engine == "ray":
-        return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, threads=threads, **ray_options)
+        return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
     import pyarrow as pa
 
-    tables = list(
-        _tables(paths, loaded, engine="local", batch_size=batch_size, top_k=top_k, threads=threads, ray_options={})
-    )
+    tables = list(_tables(paths, loaded, engine="local", batch_size=batch_size, top_k=top_k, load=load, ray_options={}))
     return pa.concat_tables(tables) if tables else schema().empty_table()
 
 
@@ -187,6 +199,8 @@ def run_batch(
     use_native: bool = False,
     model=None,
     threads: int | None = None,
+    backend: str | None = None,
+    calibration: str | os.PathLike | None = None,
     batch_size: int = 8,
     top_k: int = 5,
     path_column: str = "path",
@@ -209,7 +223,15 @@ def run_batch(
         pending = [p for p in paths if p not in done]
         skipped = len(paths) - len(pending)
         paths = pending
-    loaded = _load(model, precision, use_native, threads, device)
+    load = dict(
+        precision=precision,
+        device=device,
+        use_native=use_native,
+        threads=threads,
+        backend=backend,
+        calibration=calibration,
+    )
+    loaded = _load(model, load)
     classified = errors = 0
     start = time.perf_counter()
     with (
@@ -224,7 +246,7 @@ def run_batch(
                 engine=engine,
                 batch_size=batch_size,
                 top_k=top_k,
-                threads=threads,
+                load=load,
                 ray_options=ray_options,
             )
             for table in tables:

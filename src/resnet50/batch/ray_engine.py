@@ -92,24 +92,17 @@ def decode_batch(batch: dict) -> dict:
 class RayClassifier:
     """The model in a Ray actor: loaded once in ``__init__``, one batch of crops per call.
 
-    ``md5`` is the driver's model file checksum: a worker node that resolves a different
-    file (no fetched MLPerf file there, say) refuses to run rather than mix weights.
+    ``load`` holds the :meth:`ResNet50.load` arguments. ``md5`` is the driver's model file
+    checksum: a worker node that resolves a different file (no fetched MLPerf file there,
+    say) refuses to run rather than mix weights.
     """
 
-    def __init__(
-        self,
-        precision: str = "fp32",
-        use_native: bool = False,
-        model: str | None = None,
-        threads: int | None = None,
-        top_k: int = 5,
-        md5: str | None = None,
-    ):
+    def __init__(self, load: dict | None = None, top_k: int = 5, md5: str | None = None):
         import socket
 
         from ..model import ResNet50
 
-        self.model = ResNet50.load(precision, use_native=use_native, model=model, threads=threads)
+        self.model = ResNet50.load(**(load or {}))
         self.top_k = top_k
         source = self.model.source
         if md5 and source.md5 != md5:
@@ -141,11 +134,8 @@ class RayClassifier:
 def build_dataset(
     paths: list[str],
     *,
-    precision: str = "fp32",
-    use_native: bool = False,
-    model: str | None = None,
+    load: dict | None = None,
     md5: str | None = None,
-    threads: int | None = None,
     batch_size: int = 8,
     top_k: int = 5,
     num_workers: int = 1,
@@ -156,6 +146,7 @@ def build_dataset(
 ):
     """A lazy Ray Dataset of result rows for ``paths`` (runs when consumed or written).
 
+    Each actor calls ``ResNet50.load(**load)`` once (default: fp32, default model file).
     ``max_restarts=None`` keeps Ray Data's default: a dead actor is restarted and its batch
     retried without limit. A number caps both.
     """
@@ -182,14 +173,7 @@ def build_dataset(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=cpus_per_worker,
-        fn_constructor_kwargs={
-            "precision": precision,
-            "use_native": use_native,
-            "model": model,
-            "threads": threads,
-            "top_k": top_k,
-            "md5": md5,
-        },
+        fn_constructor_kwargs={"load": load, "top_k": top_k, "md5": md5},
         **restarts,
     )
 

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         use_native=args.native,
         model=args.model,
         threads=args.threads,
+        backend=getattr(args, "backend", None),
+        calibration=getattr(args, "calibration", None),
         batch_size=args.batch,
         top_k=args.top,
         path_column=args.path_column,
