@@ -170,14 +170,14 @@ def classify_dataset(
     """
     _check(engine, batch_size, top_k, ray_options)
     paths = list_inputs(source, path_column)
-    load = dict(
-        precision=precision,
-        device=device,
-        use_native=use_native,
-        threads=threads,
-        backend=backend,
-        calibration=calibration,
-    )
+    load = {
+        "precision": precision,
+        "device": device,
+        "use_native": use_native,
+        "threads": threads,
+        "backend": backend,
+        "calibration": calibration,
+    }  # ResNet50.load arguments, also for Ray actors
     loaded = _load(model, load)
     if engine == "ray":
         return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
@@ -223,14 +223,14 @@ def run_batch(
         pending = [p for p in paths if p not in done]
         skipped = len(paths) - len(pending)
         paths = pending
-    load = dict(
-        precision=precision,
-        device=device,
-        use_native=use_native,
-        threads=threads,
-        backend=backend,
-        calibration=calibration,
-    )
+    load = {
+        "precision": precision,
+        "device": device,
+        "use_native": use_native,
+        "threads": threads,
+        "backend": backend,
+        "calibration": calibration,
+    }  # ResNet50.load arguments, also for Ray actors
     loaded = _load(model, load)
     classified = errors = 0
     start = time.perf_counter()
