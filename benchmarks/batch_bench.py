@@ -181,7 +181,7 @@ def chart(result: dict, path: Path) -> None:
         for bar, speed in zip(bars, speeds):
             label = f"{speed:.1f}" + (f"\n{speed / base:.0%} of baseline" if base else "")
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, speed), ha="center", va="bottom", fontsize=9)
-        ax.set_ylabel("images/s (decode + preprocess + infer + write)")
+        ax.set_ylabel("images/s, end to end (engines also write Parquet)")
         ax.set_title(
             f"{result['count']} JPEGs, {result['precision']}, batch {result['batch']}, {result['weights']} weights"
         )
