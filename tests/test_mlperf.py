@@ -30,9 +30,9 @@ SHORT_CONF = """
 *.Server.target_qps = 4
 *.Server.target_latency = 5000
 *.Server.target_latency_percentile = 50
-*.SingleStream.target_latency = 100
+*.SingleStream.target_latency = 5
 *.SingleStream.target_latency_percentile = 50
-*.MultiStream.target_latency = 200
+*.MultiStream.target_latency = 10
 *.MultiStream.target_latency_percentile = 50
 *.MultiStream.samples_per_query = 2
 """
