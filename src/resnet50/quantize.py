@@ -41,7 +41,7 @@ def _calibration_images(folder: str | os.PathLike | None, count: int) -> list:
         from .samples import synthetic_batch
 
         return synthetic_batch(count, seed=_CALIBRATION_SEED)
-    from .cli.common import expand_images
+    from .files import expand_images
 
     files = expand_images([os.fspath(folder)])[:count]
     if not files:

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..cli.common import IMAGE_SUFFIXES
 from ..errors import InputNotFoundError, InvalidInputError
+from ..files import IMAGE_SUFFIXES, walk_images
 
 LIST_SUFFIXES = {".txt", ".lst"}
 TABLE_SUFFIXES = {".parquet", ".pq", ".csv"}
@@ -30,7 +30,7 @@ def _list(source, path_column: str) -> list[str]:
         return [os.fspath(item) for item in source]
     path = Path(source)
     if path.is_dir():
-        return list(_walk(path))
+        return list(walk_images(path))
     if not path.exists():
         raise InputNotFoundError(f"{source}: no such file or folder")
     suffix = path.suffix.lower()
@@ -45,14 +45,6 @@ def _list(source, path_column: str) -> list[str]:
     raise InvalidInputError(
         f"{source}: not a folder, file list (.txt), table (.parquet, .csv) or image; cannot tell what to classify"
     )
-
-
-def _walk(folder: Path):
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield os.path.join(root, name)
 
 
 def _resolve(base: Path, item: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_option, add_model_options, print_json, show_progress
+from .common import add_json_option, add_model_options, model_options, print_json, show_progress
 
 
 def register(subparsers) -> None:
@@ -61,13 +61,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         resume=args.resume,
         overwrite=args.overwrite,
-        precision=args.precision,
-        device=args.device,
-        use_native=args.native,
-        model=args.model,
-        threads=args.threads,
-        backend=getattr(args, "backend", None),
-        calibration=getattr(args, "calibration", None),
+        **model_options(args),
         batch_size=args.batch,
         top_k=args.top,
         path_column=args.path_column,

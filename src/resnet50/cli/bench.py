@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from .common import add_json_option, expand_images, print_json
+from ..files import expand_images
+from .common import add_json_option, print_json
 
 
 def register(subparsers) -> None:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".pgm", ".ppm"}
 
 
 def add_model_options(
@@ -41,18 +37,23 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def model_options(args: argparse.Namespace) -> dict:
+    """The ``ResNet50.load`` keyword arguments that :func:`add_model_options` collected."""
+    return {
+        "precision": args.precision,
+        "device": args.device,
+        "use_native": args.native,
+        "model": args.model,
+        "threads": args.threads,
+        "backend": args.backend,
+        "calibration": args.calibration,
+    }
+
+
 def load_model(args: argparse.Namespace):
     from ..model import ResNet50
 
-    return ResNet50.load(
-        precision=args.precision,
-        device=args.device,
-        use_native=args.native,
-        model=args.model,
-        threads=args.threads,
-        backend=getattr(args, "backend", None),
-        calibration=getattr(args, "calibration", None),
-    )
+    return ResNet50.load(**model_options(args))
 
 
 def print_json(payload: dict) -> None:
@@ -63,15 +64,3 @@ def print_json(payload: dict) -> None:
 def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars only on a terminal and never under --json."""
     return not getattr(args, "json", False) and sys.stderr.isatty() and sys.stdout.isatty()
-
-
-def expand_images(items: list[str]) -> list[str]:
-    """Paths as given, with folders replaced by the image files inside them (sorted)."""
-    out: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            out += sorted(os.fspath(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(item)
-    return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_option, add_model_options, expand_images, load_model, print_json, show_progress
+from ..files import expand_images
+from .common import add_json_option, add_model_options, load_model, print_json, show_progress
 
 
 def register(subparsers) -> None:

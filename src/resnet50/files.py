@@ -1,0 +1,26 @@
+"""Finding image files: one walk and one ordering for every command that takes a folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".pgm", ".ppm"}
+
+
+def walk_images(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files under ``folder``, recursively: each folder's files sorted, then its subfolders sorted."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield os.path.join(root, name)
+
+
+def expand_images(items: list[str | os.PathLike]) -> list[str]:
+    """Paths as given, with folders replaced by the image files inside them."""
+    out: list[str] = []
+    for item in items:
+        out += list(walk_images(item)) if Path(item).is_dir() else [os.fspath(item)]
+    return out
