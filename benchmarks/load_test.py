@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s; later counts as lost")
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
     p.add_argument("--native", action="store_true", help="fused mean subtraction and top-k")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), help="default: onnxruntime")
     p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_options(args) -> list[str]:
-    opts = ["--precision", args.precision]
+    opts = ["--precision", args.precision] + (["--backend", args.backend] if args.backend else [])
     if args.native:
         opts.append("--native")
     if args.threads:
@@ -75,7 +76,7 @@ def baseline(args, paths: list[str]) -> dict:
     from resnet50 import ResNet50
     from resnet50.pipeline import classify_stream
 
-    model = ResNet50.load(precision=args.precision, use_native=args.native, threads=args.threads)
+    model = ResNet50.load(precision=args.precision, use_native=args.native, threads=args.threads, backend=args.backend)
     list(classify_stream(model, paths[: args.max_batch], batch_size=args.max_batch))  # warm-up
     start = time.perf_counter()
     results = list(classify_stream(model, paths, batch_size=args.max_batch))
