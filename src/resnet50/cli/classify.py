@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..files import expand_images
-from .common import add_json_option, add_model_options, load_model, print_json, show_progress
+from .common import add_json_option, add_model_options, load_model, print_json, progress
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..errors import InvalidInputError
     from ..pipeline import classify_stream
 
@@ -32,12 +30,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"no image files in {' '.join(args.images)}")
     model = load_model(args)
     results = []
-    with tqdm(
-        total=len(images), unit="img", disable=not show_progress(args) or len(images) < 8, file=sys.stderr
-    ) as bar:
+    with progress(args, len(images)) as update:
         for result in classify_stream(model, images, batch_size=args.batch, top_k=args.top):
             results.append(result)
-            bar.update(1)
+            update(1)
             if not result.ok:
                 print(f"resnet50 classify: error: {result.error}", file=sys.stderr)
             elif not args.json:

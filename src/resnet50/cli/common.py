@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def add_model_options(
@@ -59,6 +61,15 @@ def load_model(args: argparse.Namespace):
 def print_json(payload: dict) -> None:
     json.dump(payload, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+@contextmanager
+def progress(args: argparse.Namespace, total: int, desc: str | None = None) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar on stderr, shown only where :func:`show_progress` allows; yields its update."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", desc=desc, disable=not show_progress(args), file=sys.stderr) as bar:
+        yield bar.update
 
 
 def show_progress(args: argparse.Namespace) -> bool:

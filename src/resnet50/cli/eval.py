@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..files import expand_images
-from .common import add_json_option, add_model_options, load_model, print_json, show_progress
+from .common import add_json_option, add_model_options, load_model, print_json, progress
 
 
 def register(subparsers) -> None:
@@ -32,8 +31,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..errors import InvalidInputError
     from ..evaluate import evaluate
     from ..mlperf.dataset import ImagenetDataset
@@ -52,16 +49,14 @@ def run(args: argparse.Namespace) -> int:
         if not images:
             raise InvalidInputError(f"no image files in {' '.join(args.images)}")
         dataset = ImagenetDataset.from_images(images, count=args.count, cache_dir=args.cache)
-    with tqdm(
-        total=len(dataset), unit="img", desc="preprocess", disable=not show_progress(args), file=sys.stderr
-    ) as bar:
-        dataset.prepare(progress=bar.update)
+    with progress(args, len(dataset), "preprocess") as update:
+        dataset.prepare(progress=update)
     model = load_model(args)
     reference = None
     if args.compare:
         reference = ResNet50.load(precision=args.compare, device=args.device, model=args.model, threads=args.threads)
-    with tqdm(total=len(dataset), unit="img", desc="eval", disable=not show_progress(args), file=sys.stderr) as bar:
-        result = evaluate(model, dataset, reference=reference, batch_size=args.batch, progress=bar.update)
+    with progress(args, len(dataset), "eval") as update:
+        result = evaluate(model, dataset, reference=reference, batch_size=args.batch, progress=update)
     if args.json:
         print_json(result)
     else:

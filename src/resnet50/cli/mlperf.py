@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .common import add_json_option, add_model_options, load_model, print_json, show_progress
+from .common import add_json_option, add_model_options, load_model, print_json, progress
 
 
 def register(subparsers) -> None:
@@ -49,8 +48,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..mlperf.dataset import ImagenetDataset
     from ..mlperf.run import RunOptions, loadgen
     from ..mlperf.run import run as run_test
@@ -70,10 +67,8 @@ def run(args: argparse.Namespace) -> int:
     options.check()
     loadgen()  # fail before loading anything when LoadGen is missing
     dataset = ImagenetDataset.from_val_map(args.dataset, count=args.count, val_map=args.val_map, cache_dir=args.cache)
-    with tqdm(
-        total=len(dataset), unit="img", desc="preprocess", disable=not show_progress(args), file=sys.stderr
-    ) as bar:
-        dataset.prepare(progress=bar.update)
+    with progress(args, len(dataset), "preprocess") as update:
+        dataset.prepare(progress=update)
     model = load_model(args)
     results = run_test(model, dataset, options)
     if args.json:
