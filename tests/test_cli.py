@@ -94,8 +94,25 @@ def test_fetch_offline_is_one_clear_line(tmp_path):
 
 
 def test_every_subcommand_has_help():
+    from resnet50.cli import COMMANDS
+
     proc = resnet50("--help")
     assert proc.returncode == 0
-    for name in ("classify", "info", "fetch", "export"):
+    for name in COMMANDS:
         sub = resnet50(name, "--help")
-        assert sub.returncode == 0 and "--json" in sub.stdout
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: resnet50 {name}"), name
+        assert name == "serve" or "--json" in sub.stdout, name
+
+
+def test_export_to_an_unwritable_path_is_one_line(tmp_path):
+    proc = resnet50("export", str(tmp_path / "missing" / "x.onnx"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"resnet50 export: error: {tmp_path / 'missing' / 'x.onnx'}")
+    assert "Traceback" not in proc.stderr
+
+
+def test_fetch_to_an_impossible_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    proc = resnet50("fetch", "--output", str(blocker / "m.onnx"), "--url", "http://127.0.0.1:9/m.onnx")
+    assert proc.returncode == 2 and f"{blocker}: cannot create the download folder" in proc.stderr

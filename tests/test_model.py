@@ -205,3 +205,24 @@ def test_wrong_class_count_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
     with pytest.raises(ModelFileError, match="does not have 1001 classes"):
         ResNet50.load(model=path)
+
+
+def test_native_top_k_is_checked(model_native, sample_photos):
+    tensor, ctx = model_native.preprocess(str(sample_photos[0]))
+    with pytest.raises(InvalidInputError, match=r"top_k must be in 1..1000, got 0"):
+        model_native.run(tensor, top_k=0)
+    with pytest.raises(InvalidInputError, match=r"top_k must be in 1..1000, got 1001"):
+        model_native.run(tensor, top_k=1001)
+    with pytest.raises(InvalidInputError, match=r"top_k 10 is outside 1..5, what the model ran with"):
+        model_native.postprocess(model_native.run(tensor), ctx, top_k=10)
+
+
+def test_model_without_output_shapes_loads_for_every_variant(tmp_path, model_fp32, sample_photos):
+    path = _interface_copy(tmp_path, 11)
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    onnx.save(model, str(path))
+    native = ResNet50.load(model=path, use_native=True)
+    images = [str(p) for p in sample_photos[:2]]
+    assert native.classify(images) == model_fp32.classify(images)

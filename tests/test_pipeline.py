@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resnet50 import InvalidInputError
 from resnet50.pipeline import StageTimes, classify_stream
 from resnet50.samples import write_jpegs
 
@@ -63,8 +64,24 @@ def test_fused_uint8_input_gives_the_same_results(model_fp32, model_native, jpeg
 
 
 def test_bad_batch_size(model_fp32):
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(InvalidInputError, match="batch size must be at least 1, got 0"):
         list(classify_stream(model_fp32, [], batch_size=0))
+
+
+def test_error_rows_flow_without_waiting_for_good_images(model_fp32):
+    consumed = 0
+
+    def bad_images():
+        nonlocal consumed
+        for _ in range(1000):
+            consumed += 1
+            yield b"not an image"
+
+    stream = classify_stream(model_fp32, bad_images(), batch_size=4, workers=2, prefetch=8)
+    first = next(stream)
+    assert first.error == "<12 bytes>: not a decodable image (JPEG, PNG, BMP, WebP, TIFF ...)"
+    assert consumed <= 8 + 4  # rows come out as they are ready, not after the whole input
+    stream.close()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

@@ -107,3 +107,32 @@ def test_bad_arrays_name_the_problem():
 def test_directory_is_not_an_image(tmp_path):
     with pytest.raises(InvalidInputError, match="is a directory"):
         preprocess(tmp_path)
+
+
+def _png(width: int, height: int, bit_depth: int, color_type: int, idat: bytes) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(idat)) + chunk(b"IEND", b"")
+
+
+def test_image_opencv_refuses_to_decode_is_our_error():
+    # A 60000x60000 header: OpenCV raises cv2.error (too many pixels) instead of returning None.
+    with pytest.raises(ImageDecodeError, match=r"<\d+ bytes>: not a decodable image \("):
+        preprocess(_png(60_000, 60_000, 8, 0, b"\x00" * 1000))
+
+
+def test_pil_16bit_gray_equals_the_file(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    deep = rng.integers(0, 65536, (300, 400), dtype=np.uint16)
+    path = tmp_path / "gray16.png"
+    assert cv2.imwrite(str(path), deep)
+    image = Image.open(path)
+    assert image.mode.startswith("I")
+    assert np.array_equal(preprocess(image)[0], reference_tensor(path))

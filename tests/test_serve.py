@@ -264,6 +264,12 @@ BAD_INPUTS = {
         "nested 'data' has shape [3, 224, 224], but shape says [1, 3, 224, 224]",
     ),
     "v2 not numbers": (_V2, {"content": _v2_body(data=["a"] * 150528)}, 400, "not a flat or nested list of numbers"),
+    "v2 overflowing shape": (
+        _V2,
+        {"content": _v2_body(shape=[2**62, 3, 224, 224], data=[])},
+        400,
+        "'data' has 0 values, shape [4611686018427387904, 3, 224, 224]",
+    ),
     "v2 wrong input name": (_V2, {"content": _v2_body(name="images")}, 400, "unknown input 'images'"),
     "v2 no data": (_V2, {"content": _v2_body(drop=("data",))}, 400, "has no 'data'"),
     "v2 not json": (_V2, {"content": b"{not json"}, 400, "request body is not valid JSON"),

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from .constants import MLPERF_FILES
-from .errors import ChecksumError, DownloadError
+from .errors import ChecksumError, DownloadError, InvalidInputError
 from .weights import file_md5, mlperf_path
 
 _CHUNK = 1 << 20
@@ -56,7 +56,10 @@ def fetch(
     dest = Path(dest) if dest else mlperf_path()
     if dest.is_file() and file_md5(dest) == md5:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"{dest.parent}: cannot create the download folder ({exc.strerror or exc})") from None
     part = dest.with_name(dest.name + ".part")
     if progress is None:
         progress = sys.stderr.isatty()

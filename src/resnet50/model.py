@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import INPUT_NAME, INPUT_SIZE, TOPK_INPUT, UINT8_INPUT_NAME
+from .constants import INPUT_NAME, INPUT_SIZE, NUM_CLASSES, TOPK_INPUT, UINT8_INPUT_NAME
 from .errors import InvalidInputError
 from .postprocess import Classification, postprocess
 from .preprocess import ImageInput, PreprocessContext, preprocess
@@ -130,6 +130,8 @@ class ResNet50:
     def run(self, tensor: np.ndarray, top_k: int = 5) -> dict[str, np.ndarray]:
         """One batch of any size → the model's named outputs."""
         self.check_tensor(tensor)
+        if not 1 <= top_k <= NUM_CLASSES - 1:
+            raise InvalidInputError(f"top_k must be in 1..{NUM_CLASSES - 1}, got {top_k}")
         feeds = {self.input_name: np.ascontiguousarray(tensor)}
         if self._takes_top_k:
             feeds[TOPK_INPUT] = np.array([top_k], np.int64)

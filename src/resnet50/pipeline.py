@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ResNet50Error
+from .errors import InvalidInputError, ResNet50Error
 from .postprocess import Classification, postprocess
 from .preprocess import PreprocessContext, center_crop_uint8, describe, normalize, to_bgr
 
@@ -95,7 +95,7 @@ def classify_stream(
 ) -> Iterator[Result]:
     """Classify ``images`` (paths, bytes, arrays) with ``model``; yield :class:`Result` in order."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
     workers = workers or default_workers()
     prefetch = prefetch or max(2 * batch_size, 4 * workers)
     times = times if times is not None else StageTimes()
@@ -113,7 +113,8 @@ def classify_stream(
                 times.decode += item.decode_s
                 times.preprocess += item.preprocess_s
                 batch.append(item)
-                if sum(entry.crop is not None for entry in batch) >= batch_size or not inflight:
+                # Counting error rows too keeps them flowing when many inputs in a row are bad.
+                if len(batch) >= batch_size or not inflight:
                     yield from _finish(model, batch, top_k, times)
                     batch = []
         finally:

@@ -90,6 +90,11 @@ def postprocess(
     if isinstance(outputs, np.ndarray):
         outputs = {SOFTMAX_OUTPUT: outputs}
     if TOPK_OUTPUT_IDS in outputs:
+        have = outputs[TOPK_OUTPUT_IDS].shape[1]
+        if not 1 <= top_k <= have:
+            raise InvalidInputError(
+                f"top_k {top_k} is outside 1..{have}, what the model ran with (run with top_k >= {top_k})"
+            )
         scores, ids = outputs[TOPK_OUTPUT_SCORES][:, :top_k], outputs[TOPK_OUTPUT_IDS][:, :top_k]
     elif SOFTMAX_OUTPUT in outputs:
         scores, ids = topk_foreground(np.asarray(outputs[SOFTMAX_OUTPUT]), top_k)

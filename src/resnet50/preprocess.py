@@ -88,7 +88,10 @@ def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.
     if not data:
         raise ImageDecodeError(f"{source}: empty input, not an image")
     _check_complete(data, source)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV raises on some headers, e.g. more pixels than CV_IO_MAX_IMAGE_PIXELS
+        raise ImageDecodeError(f"{source}: not a decodable image ({exc.err or 'OpenCV error'})") from None
     if image is None:
         raise ImageDecodeError(f"{source}: not a decodable image (JPEG, PNG, BMP, WebP, TIFF ...)")
     return image
@@ -116,8 +119,11 @@ def to_bgr(image: ImageInput) -> np.ndarray:
     if _is_pil(image):
         from PIL import ImageOps
 
-        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        return np.ascontiguousarray(rgb[..., ::-1])
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I"):  # 16/32-bit gray: keep the high byte, as OpenCV reduces 16-bit
+            gray = (np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+            return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
     raise InvalidInputError(
         f"{source}: unsupported input type; give a path, encoded bytes, a BGR uint8 array or a PIL image"
     )

@@ -22,7 +22,10 @@ TABLE_SUFFIXES = {".parquet", ".pq", ".csv"}
 
 def list_inputs(source: str | os.PathLike | Iterable[str | os.PathLike], path_column: str = "path") -> list[str]:
     """All image paths that ``source`` names, absolute (folders walked in sorted order)."""
-    return [os.path.abspath(p) for p in _list(source, path_column)]
+    paths = [os.path.abspath(p) for p in _list(source, path_column)]
+    if not paths and isinstance(source, (str, os.PathLike)):
+        raise InvalidInputError(f"{os.fspath(source)}: no image files to classify")
+    return paths
 
 
 def _list(source, path_column: str) -> list[str]:

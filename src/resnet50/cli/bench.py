@@ -5,35 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ..files import expand_images
-from .common import add_json_option, print_json
+from .common import add_json_option, add_model_options, model_options, print_json
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure throughput and latency (inference only or end to end)")
     parser.add_argument("--mode", choices=("infer", "e2e"), default="infer", help="inference only, or files to labels")
-    parser.add_argument("--precision", choices=("fp32", "int8", "bf16", "fp16"), default="int8")
-    parser.add_argument(
-        "--backend",
-        choices=("onnxruntime", "openvino", "torch"),
-        help="default: onnxruntime (bf16: openvino; cuda: torch)",
-    )
     parser.add_argument("--batch", type=int, default=8, metavar="B")
-    parser.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
     parser.add_argument("--workers", type=int, metavar="N", help="decode threads in e2e mode")
     parser.add_argument("--images", metavar="DIR", help="image folder for e2e (default: generated ImageNet-like JPEGs)")
     parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds measured")
     parser.add_argument("--warmup", type=float, default=2.0, metavar="S", help="seconds run before measuring")
     parser.add_argument(
-        "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
         "--python-post",
         action="store_true",
-        help="e2e: float input and Python postprocessing instead of the fused graph",
+        help="e2e: float input and Python postprocessing instead of the fused graph (the e2e default)",
     )
+    add_model_options(parser)
+    parser.set_defaults(precision="int8")  # bench measures the fast path unless told otherwise
     add_json_option(parser)
     parser.set_defaults(func=run)
 
@@ -47,19 +39,18 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--batch must be >= 1, --duration > 0 and --warmup >= 0")
     files = None
     if args.images:
+        if args.mode != "e2e":
+            raise InvalidInputError("--images is for --mode e2e; inference-only mode times a fixed batch")
+        if not Path(args.images).exists():
+            raise InvalidInputError(f"{args.images}: no such file or folder")
         files = expand_images([args.images])
         if not files:
             raise InvalidInputError(f"{args.images}: no image files found")
     start = time.perf_counter()
-    native = args.mode == "e2e" and not args.python_post  # uint8 in, top-k out: no float tensor built in Python
-    model = ResNet50.load(
-        precision=args.precision,
-        device=args.device,
-        use_native=native,
-        model=args.model,
-        threads=args.threads,
-        backend=args.backend,
-    )
+    options = model_options(args)
+    if args.mode == "e2e":  # uint8 in, top-k out: no float tensor built in Python
+        options["use_native"] = not args.python_post
+    model = ResNet50.load(**options)
     load_s = time.perf_counter() - start
     if not args.json:
         print(

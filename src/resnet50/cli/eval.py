@@ -54,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     reference = None
     if args.compare:
-        reference = ResNet50.load(precision=args.compare, device=args.device, model=args.model, threads=args.threads)
+        reference = ResNet50.load(
+            precision=args.compare,
+            device=args.device,
+            model=args.model,
+            threads=args.threads,
+            calibration=args.calibration,  # an int8 reference is calibrated like the model under test
+        )
     with progress(args, len(dataset), "eval") as update:
         result = evaluate(model, dataset, reference=reference, batch_size=args.batch, progress=update)
     if args.json:

@@ -17,8 +17,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInputError
+
     model = load_model(args)
-    shutil.copyfile(model.backend.model_path, args.path)
+    try:
+        shutil.copyfile(model.backend.model_path, args.path)
+    except (OSError, shutil.SameFileError) as exc:
+        raise InvalidInputError(
+            f"{args.path}: cannot write the model ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     payload = {"path": args.path, "weights": model.weights, "precision": model.precision, "native": model.use_native}
     if args.json:
         print_json(payload)

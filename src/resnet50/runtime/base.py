@@ -45,7 +45,7 @@ def check_interface(path: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
         scores = out.get(SOFTMAX_OUTPUT)
         if scores is None and "topk_scores" not in out:
             problem = f"it has no output {SOFTMAX_OUTPUT!r} (outputs: {', '.join(map(str, outputs)) or 'none'})"
-        elif scores is not None and _fixed(scores.shape[-1]) not in (NUM_CLASSES, None):
+        elif scores is not None and scores.shape and _fixed(scores.shape[-1]) not in (NUM_CLASSES, None):
             problem = f"its output {scores} does not have {NUM_CLASSES} classes"
     if problem:
         raise ModelFileError(f"{path}: not a ResNet50 v1.5 model with the MLPerf interface: {problem}")

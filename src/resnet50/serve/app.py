@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ImageDecodeError, InvalidInputError, ResNet50Error
+from ..errors import InvalidInputError, ResNet50Error
 from ..postprocess import postprocess
 from ..preprocess import PreprocessContext, center_crop_uint8, decode, normalize
 from . import v2
@@ -100,12 +100,7 @@ def create_app(
         return b"".join(chunks)
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
-        import cv2
-
-        try:
-            bgr = decode(data, source)
-        except cv2.error as exc:  # OpenCV refuses some malformed headers by raising
-            raise ImageDecodeError(f"{source}: not a decodable image ({exc.err or 'OpenCV error'})") from None
+        bgr = decode(data, source)
         crop = np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))[None]
         return (crop if model.input_dtype == np.uint8 else normalize(crop)), bgr.shape[:2]
 

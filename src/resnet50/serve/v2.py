@@ -9,6 +9,7 @@ header of ``Inference-Header-Content-Length`` bytes. Every problem is an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +106,7 @@ def parse_request(body: bytes, header_length: str | None, model) -> InferRequest
 
 
 def _tensor(spec: dict, shape: list[int], binary: bytes, dtype: np.dtype) -> tuple[np.ndarray, bytes]:
-    name, count = spec["name"], int(np.prod(shape))
+    name, count = spec["name"], math.prod(shape)  # exact: np.prod wraps around on huge shapes
     size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec.get("parameters"), dict) else None
     if size is not None:
         need = count * dtype.itemsize
