@@ -551,3 +551,17 @@ def test_native_server_same_answers_and_uint8_v2(model_native, model_fp32, sampl
         assert refused.json()["error"] == "input 'input_uint8': UINT8 data must be whole numbers in 0..255"
     finally:
         assert srv.stop() == 0, srv.stderr
+
+
+def test_listening_socket_disables_nagle():
+    """Accepted connections inherit TCP_NODELAY; without it keep-alive clients wait ~40 ms per response."""
+    import socket
+
+    from resnet50.cli.serve import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
