@@ -145,6 +145,19 @@ def _ray_session(wanted: bool, address: str | None):
             ray.shutdown()
 
 
+def _model_and_options(model, precision, device, use_native, threads, backend, calibration) -> tuple:
+    """The loaded model for the driver, and the ``ResNet50.load`` arguments Ray actors reload it with."""
+    load = {
+        "precision": precision,
+        "device": device,
+        "use_native": use_native,
+        "threads": threads,
+        "backend": backend,
+        "calibration": calibration,
+    }
+    return _load(model, load), load
+
+
 def classify_dataset(
     source: str | os.PathLike | Iterable[str],
     *,
@@ -170,15 +183,7 @@ def classify_dataset(
     """
     _check(engine, batch_size, top_k, ray_options)
     paths = list_inputs(source, path_column)
-    load = {
-        "precision": precision,
-        "device": device,
-        "use_native": use_native,
-        "threads": threads,
-        "backend": backend,
-        "calibration": calibration,
-    }  # ResNet50.load arguments, also for Ray actors
-    loaded = _load(model, load)
+    loaded, load = _model_and_options(model, precision, device, use_native, threads, backend, calibration)
     if engine == "ray":
         return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
     import pyarrow as pa
@@ -223,15 +228,7 @@ def run_batch(
         pending = [p for p in paths if p not in done]
         skipped = len(paths) - len(pending)
         paths = pending
-    load = {
-        "precision": precision,
-        "device": device,
-        "use_native": use_native,
-        "threads": threads,
-        "backend": backend,
-        "calibration": calibration,
-    }  # ResNet50.load arguments, also for Ray actors
-    loaded = _load(model, load)
+    loaded, load = _model_and_options(model, precision, device, use_native, threads, backend, calibration)
     classified = errors = 0
     start = time.perf_counter()
     with (
