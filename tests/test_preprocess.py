@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from reference import reference_tensor
+from reference import pre_process_vgg, reference_tensor
 from resnet50 import ImageDecodeError, InputNotFoundError, InvalidInputError, preprocess
-from resnet50.preprocess import resized_size
+from resnet50.preprocess import center_crop_uint8, normalize, resized_size
 
 KINDS = [
     "jpeg", "png", "bmp", "webp", "gray", "gray_jpeg", "rgba", "png16", "small", "tiny",
@@ -60,6 +60,20 @@ def test_without_scaling_gives_uint8_rgb_crop(image_files):
     assert crop.dtype == np.uint8 and crop.shape == (1, 3, 224, 224)
     means = np.array([123.68, 116.78, 103.94], np.float32).reshape(1, 3, 1, 1)
     assert np.array_equal(crop.astype(np.float32) - means, reference_tensor(image_files["jpeg"]))
+
+
+def _random_sizes(count: int, seed: int) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(seed)
+    edges = [(256, 256), (256, 257), (257, 256), (375, 500), (500, 375), (224, 300), (255, 4000), (4000, 256)]
+    return edges + [tuple(int(v) for v in rng.integers(200, 1400, 2)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("height,width", _random_sizes(240, seed=7))
+def test_partial_resize_equals_reference_on_noise(height, width):
+    # Noise makes every weight visible: the crop-only resize must match the full one exactly.
+    bgr = np.random.default_rng(height * 10_000 + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ours = normalize(np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))[None])
+    assert np.array_equal(ours, pre_process_vgg(bgr)[None])
 
 
 def test_resize_geometry_matches_reference_arithmetic():

@@ -119,6 +119,20 @@ def test_v1_classify_raw_and_multipart_equal_model_run(server, model_fp32, sampl
         assert body["latency_ms"] > 0
 
 
+def test_v1_classify_says_where_its_time_went_in_server_timing(server, sample_photos):
+    response = httpx.post(f"{server.url}/v1/classify", content=sample_photos[0].read_bytes(), timeout=120)
+    assert response.status_code == 200, response.text
+    header = response.headers["server-timing"]
+    stages = dict(re.findall(r"(\w+);dur=([\d.]+)", header))
+    assert list(stages) == ["read", "prepare", "queue", "infer", "total"], header
+    assert 'desc="batch of 1"' in header
+    durations = {name: float(ms) for name, ms in stages.items()}
+    assert durations["infer"] > 0 and durations["prepare"] > 0
+    parts = durations["read"] + durations["prepare"] + durations["queue"] + durations["infer"]
+    assert parts <= durations["total"] + 0.05  # rounding of each part to 0.01 ms
+    assert durations["total"] == pytest.approx(response.json()["latency_ms"], abs=0.01)
+
+
 def test_v1_several_files_give_a_list_in_order_with_top_k(server, model_fp32, sample_photos):
     photos = sample_photos[:3]
     files = [("file", (p.name, p.read_bytes(), "application/octet-stream")) for p in photos]
@@ -477,6 +491,20 @@ def test_batcher_merges_concurrent_requests_and_routes_rows():
     results, model = _run_batcher(six, max_batch=4, max_wait_ms=60_000, max_queue=8)
     assert [float(r["y"][0]) for r in results] == [0, 1, 2, 3, 4, 5]
     assert model.batches[0] == 4 and sum(model.batches) == 6 and max(model.batches) <= 4
+
+
+def test_batcher_reports_queue_and_run_time_of_each_request():
+    async def two(batcher):
+        timings = [{}, {}]
+        big = np.zeros((5, 1), np.float32)  # max_batch 4: runs as 4 + 1 rows
+        await asyncio.gather(batcher.infer(big, 5, None, timings[0]), batcher.infer(big[:1], 5, None, timings[1]))
+        return timings
+
+    timings, model = _run_batcher(two, max_batch=4, max_wait_ms=0)
+    assert sum(model.batches) == 6 and max(model.batches) == 4
+    assert timings[0]["batch"] == 4 and timings[1]["batch"] in (1, 2)
+    for timing in timings:
+        assert timing["queue"] >= 0 and timing["infer"] > 0
 
 
 def test_batcher_runs_a_lone_request_without_waiting_for_max_wait():
