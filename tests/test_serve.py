@@ -290,6 +290,12 @@ BAD_INPUTS = {
     "v2 empty body": (_V2, {"content": b""}, 400, "empty request body"),
     "v2 unknown model": ("/v2/models/vgg16/infer", {"content": _v2_body()}, 404, "unknown model 'vgg16'"),
     "unknown path": ("/v1/nothing", {"content": b"x"}, 404, "no such endpoint: /v1/nothing"),
+    "image declaring 20000x20000 pixels": (
+        "/v1/classify",
+        {"content": "BOMB"},
+        413,
+        "request body: image is 20000x20000 (400.0 megapixels); this server decodes at most 100 megapixels",
+    ),
     "oversize body": ("/v1/classify", {"content": b"\xff" * (9 * 1024 * 1024)}, 413, "request body too large"),
     "oversize chunked": (
         "/v1/classify",
@@ -300,9 +306,24 @@ BAD_INPUTS = {
 }
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header declares ``width`` x ``height`` RGB pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + 3 * width))  # one row; the decoder would need all of them
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_is_4xx_json_naming_the_problem(server, sample_photos, case):
     path, kwargs, status, message = BAD_INPUTS[case]
+    if kwargs.get("content") == "BOMB":
+        kwargs = {"content": _png_declaring(20_000, 20_000)}
     if kwargs.get("content") == "TRUNCATED":
         kwargs = {"content": _truncated_jpeg(sample_photos)}
     if kwargs.get("content") == "CHUNKED":  # no Content-Length: the cap must hold while streaming
@@ -419,12 +440,18 @@ def test_sigterm_answers_every_accepted_request(model_fp32, sample_photos, tmp_p
     assert "Traceback" not in srv.stderr
 
 
-def test_cli_refuses_bad_options_in_one_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "resnet50", "serve", "--max-batch", "0"], capture_output=True, text=True, timeout=120
-    )
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["--max-megapixels", "-1"], "--max-megapixels must be positive, got -1.0"),
+    ],
+)
+def test_cli_refuses_bad_options_in_one_line(option, message):
+    cmd = [sys.executable, "-m", "resnet50", "serve", *option]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "resnet50 serve: error: --max-batch must be at least 1, got 0"
+    assert proc.stderr.strip().splitlines() == [f"resnet50 serve: error: {message}"]
 
 
 def test_cli_taken_port_is_one_line_exit_2():

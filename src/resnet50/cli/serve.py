@@ -34,6 +34,13 @@ def register(subparsers) -> None:
         "--max-body-mb", type=float, default=32.0, metavar="MB", help="largest request body; more get 413 (default 32)"
     )
     parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=100.0,
+        metavar="MP",
+        help="largest image a request may declare, in megapixels; more get 413 before decoding (default 100)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=None, metavar="N", help="decode/preprocess threads (default: cores, at most 4)"
     )
     parser.add_argument(
@@ -56,6 +63,7 @@ def _check(args: argparse.Namespace) -> None:
         (args.max_wait_ms >= 0, f"--max-wait-ms must be at least 0, got {args.max_wait_ms}"),
         (args.max_queue >= 1, f"--max-queue must be at least 1, got {args.max_queue}"),
         (args.max_body_mb > 0, f"--max-body-mb must be positive, got {args.max_body_mb}"),
+        (args.max_megapixels > 0, f"--max-megapixels must be positive, got {args.max_megapixels}"),
         (args.workers is None or args.workers >= 1, f"--workers must be at least 1, got {args.workers}"),
         (0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}"),
         (args.graceful_timeout > 0, f"--graceful-timeout must be positive, got {args.graceful_timeout}"),
@@ -105,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_body_mb=args.max_body_mb,
+        max_megapixels=args.max_megapixels,
         workers=workers,
     )
     sock.listen(2048)

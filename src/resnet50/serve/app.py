@@ -8,6 +8,7 @@ error a client can cause is a 4xx JSON ``{"error": "..."}`` naming the problem.
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InvalidInputError, ResNet50Error
@@ -29,6 +31,26 @@ from .metrics import CONTENT_TYPE, Metrics
 
 MODEL_NAME = "resnet50"
 _ERROR_REASONS = {400: "bad_input", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
+
+
+class ImageTooLarge(InvalidInputError):
+    """An image that declares more pixels than the server decodes (answered with 413)."""
+
+
+def check_pixels(data: bytes, source: str, limit: int) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels before it is decoded:
+    a file of a few kB can declare gigapixels. Formats Pillow does not read are left to OpenCV
+    (which has its own, larger limit)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # not an image Pillow reads: decode() gives the real error
+        return
+    if width * height > limit:
+        raise ImageTooLarge(
+            f"{source}: image is {width}x{height} ({width * height / 1e6:.1f} megapixels); this server "
+            f"decodes at most {limit / 1e6:g} megapixels (--max-megapixels)"
+        )
 
 
 class BodyTooLarge(Exception):
@@ -44,6 +66,7 @@ def create_app(
     max_wait_ms: float = 5.0,
     max_queue: int = 64,
     max_body_mb: float = 32.0,
+    max_megapixels: float = 100.0,
     workers: int = 2,
     log=None,
 ) -> AccountingApp:
@@ -52,6 +75,8 @@ def create_app(
     metrics = Metrics({"weights": model.weights, "precision": model.precision, "backend": model.backend.name})
     batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
     max_body = int(max_body_mb * 1024 * 1024)
+    max_pixels = int(max_megapixels * 1e6)
+    Image.MAX_IMAGE_PIXELS = None  # --max-megapixels replaces Pillow's bomb check in this process
     log = log or (lambda message: print(f"resnet50 serve: {message}", file=sys.stderr, flush=True))
     counts = {"accepted": 0, "answered": 0}
 
@@ -100,6 +125,7 @@ def create_app(
         return b"".join(chunks)
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
+        check_pixels(data, source, max_pixels)
         bgr = decode(data, source)
         crop = np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))[None]
         return (crop if model.input_dtype == np.uint8 else normalize(crop)), bgr.shape[:2]
@@ -194,6 +220,10 @@ def create_app(
     @app.exception_handler(ResNet50Error)
     async def bad_input(request: Request, exc: ResNet50Error):
         return error(400, str(exc))
+
+    @app.exception_handler(ImageTooLarge)
+    async def too_many_pixels(request: Request, exc: ImageTooLarge):
+        return error(413, str(exc))
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge):
