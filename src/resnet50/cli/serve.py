@@ -10,6 +10,16 @@ import sys
 
 from .common import add_model_options
 
+_TUNING = [  # (flag, type, default, metavar, help) of the batching, limit and shutdown options
+    ("--max-batch", int, 8, "B", "images per model run (default 8)"),
+    ("--max-wait-ms", float, 5.0, "MS", "how long a batch waits to fill (default 5)"),
+    ("--max-queue", int, 64, "N", "requests in flight at once; more get 503 with Retry-After (default 64)"),
+    ("--max-body-mb", float, 32.0, "MB", "largest request body; more get 413 (default 32)"),
+    ("--max-megapixels", float, 100.0, "MP", "largest image a request may declare; more get 413 (default 100)"),
+    ("--workers", int, None, "N", "decode/preprocess threads (default: cores, at most 4)"),
+    ("--graceful-timeout", float, 30.0, "S", "on SIGTERM, wait at most this long for in-flight requests (default 30)"),
+]
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,37 +29,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-batch", type=int, default=8, metavar="B", help="images per model run (default 8)")
-    parser.add_argument(
-        "--max-wait-ms", type=float, default=5.0, metavar="MS", help="how long a batch waits to fill (default 5)"
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=64,
-        metavar="N",
-        help="requests in flight at once; more get 503 with Retry-After (default 64)",
-    )
-    parser.add_argument(
-        "--max-body-mb", type=float, default=32.0, metavar="MB", help="largest request body; more get 413 (default 32)"
-    )
-    parser.add_argument(
-        "--max-megapixels",
-        type=float,
-        default=100.0,
-        metavar="MP",
-        help="largest image a request may declare, in megapixels; more get 413 before decoding (default 100)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="decode/preprocess threads (default: cores, at most 4)"
-    )
-    parser.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="on SIGTERM, wait at most this long for in-flight requests (default 30)",
-    )
+    for flag, kind, default, metavar, text in _TUNING:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     add_model_options(parser)
     parser.set_defaults(func=run)
