@@ -29,6 +29,7 @@ CONFIGS = [  # (name, bench arguments)
     ("OpenVINO bf16 infer b8", ["--mode", "infer", "--precision", "bf16", "--backend", "openvino"]),
     ("OpenVINO int8 infer b8", ["--mode", "infer", "--precision", "int8", "--backend", "openvino"]),
     ("ORT int8 infer b1", ["--mode", "infer", "--precision", "int8", "--batch", "1"]),
+    ("ORT int8 infer b1 spin-wait", ["--mode", "infer", "--precision", "int8", "--batch", "1", "--spin-wait"]),
     ("OpenVINO int8 infer b1", ["--mode", "infer", "--precision", "int8", "--batch", "1", "--backend", "openvino"]),
     ("e2e ORT fp32 b8", ["--mode", "e2e", "--precision", "fp32"]),
     ("e2e ORT int8 b8", ["--mode", "e2e", "--precision", "int8"]),
@@ -157,6 +158,7 @@ def main() -> None:
             by_name["e2e ORT fp32 b8"].get("images_per_s", 0) / by_name["ORT fp32 infer b8"].get("images_per_s", 1), 3
         ),
         "int8_b1_p90_ms": by_name["ORT int8 infer b1"].get("latency_ms", {}).get("p90"),
+        "int8_b1_spin_wait_p90_ms": by_name["ORT int8 infer b1 spin-wait"].get("latency_ms", {}).get("p90"),
         "openvino_int8_b1_p90_ms": by_name["OpenVINO int8 infer b1"].get("latency_ms", {}).get("p90"),
         "cold_start_s": cold_start(),
         "max_peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in rows),

@@ -21,6 +21,11 @@ def test_bench_infer_reports_throughput_latency_and_memory(model_fp32):
     assert result["images"] % 2 == 0 and result["images"] >= 2
     assert result["images_per_s"] > 0 and result["peak_rss_mb"] > 50
     assert set(result["latency_ms"]) == {"p50", "p90", "p99"}
+    assert result["spin_wait"] is False
+
+
+def test_bench_spin_wait_reaches_the_onnxruntime_session(model_fp32):
+    assert _bench("--mode", "infer", "--precision", "fp32", "--batch", "1", "--spin-wait")["spin_wait"] is True
 
 
 def test_bench_e2e_reports_stages(model_fp32, tmp_path):
@@ -36,3 +41,7 @@ def test_bench_e2e_reports_stages(model_fp32, tmp_path):
 def test_bench_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "resnet50", "bench", "--batch", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--batch must be >= 1" in proc.stderr
+    cmd = [sys.executable, "-m", "resnet50", "bench", "--precision", "bf16", "--spin-wait"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("spin_wait applies to the onnxruntime backend on the CPU only")

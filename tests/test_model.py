@@ -99,6 +99,17 @@ def test_bad_load_arguments():
         ResNet50.load(precision="fp64")
     with pytest.raises(InvalidInputError, match="threads must be at least 1"):
         ResNet50.load(threads=0)
+    with pytest.raises(InvalidInputError, match="spin_wait applies to the onnxruntime backend on the CPU only"):
+        ResNet50.load(backend="openvino", spin_wait=True)
+
+
+@pytest.mark.parametrize("spin_wait,setting", [(False, "0"), (True, "1")])
+def test_spin_wait_sets_the_session_and_keeps_outputs(model_fp32, sample_photos, spin_wait, setting):
+    model = ResNet50.load(spin_wait=spin_wait)
+    entry = model.backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert entry == setting and model.backend.describe()["spin_wait"] is spin_wait
+    tensor, _ = model.preprocess(sample_photos[:2])
+    assert np.array_equal(model.run(tensor)["softmax_tensor:0"], model_fp32.run(tensor)["softmax_tensor:0"])
 
 
 def test_async_load_and_run_do_not_block_the_loop(sample_photos):

@@ -26,6 +26,7 @@ class BenchResult:
     threads: int
     weights: str
     native: bool
+    spin_wait: bool
     images: int
     seconds: float
     images_per_s: float
@@ -70,6 +71,7 @@ def _result(model, mode: str, batch: int, images: int, seconds: float, latencies
         threads=getattr(model.backend, "threads", 0),
         weights=model.weights,
         native=model.use_native,
+        spin_wait=getattr(model.backend, "spin_wait", False),
         images=images,
         seconds=round(seconds, 3),
         images_per_s=round(images / seconds, 2) if seconds else 0.0,

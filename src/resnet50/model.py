@@ -47,6 +47,7 @@ class ResNet50:
         threads: int | None = None,
         backend: str | None = None,
         calibration: str | os.PathLike | None = None,
+        spin_wait: bool = False,
     ) -> ResNet50:
         """Load the model: MLPerf weights when present (``model``, ``$RESNET50_MODEL`` or
         ``resnet50 fetch``), else synthetic ones (said once on stderr).
@@ -57,7 +58,9 @@ class ResNet50:
         on CUDA) or "fp16" (CUDA); ``backend`` is "onnxruntime" (default), "openvino"
         (``pip install 'resnet50[openvino]'``) or "torch" (``device="cuda"``, ``resnet50[cuda]``).
         ``calibration`` is a folder of images that int8 calibrates on (default: generated photos;
-        with the real weights, MLPerf's calibration images).
+        with the real weights, MLPerf's calibration images). ``spin_wait=True`` keeps ONNX
+        Runtime's idle inference threads busy-waiting: lower batch-1 latency when nothing else
+        needs the cores (a benchmark, a LoadGen run), slower everything else when something does.
         """
         from .variants import model_file
 
@@ -67,6 +70,8 @@ class ResNet50:
             raise InvalidInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         if threads is not None and threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {threads}")
+        if spin_wait and (device == "cuda" or backend not in (None, "onnxruntime") or precision == "bf16"):
+            raise InvalidInputError("spin_wait applies to the onnxruntime backend on the CPU only")
         if device == "cuda":
             return cls._load_cuda(precision, use_native, model, backend)
         if precision == "fp16":
@@ -80,7 +85,7 @@ class ResNet50:
             raise InvalidInputError("precision 'bf16' runs on the openvino backend only")
         source = resolve(model)
         path = model_file(source, precision, use_native, calibration)
-        options = {"precision": precision} if backend == "openvino" else {}
+        options = {"precision": precision} if backend == "openvino" else {"spin_wait": spin_wait}
         runtime = create_backend(backend, os.fspath(path), threads=threads, **options)
         check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)
         warn_if_synthetic(source)

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="e2e: float input and Python postprocessing instead of the fused graph (the e2e default)",
     )
-    add_model_options(parser)
+    add_model_options(parser, spin_wait=True)
     parser.set_defaults(precision="int8")  # bench measures the fast path unless told otherwise
     add_json_option(parser)
     parser.set_defaults(func=run)

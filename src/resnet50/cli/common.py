@@ -10,8 +10,11 @@ from contextlib import contextmanager
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, precisions: tuple[str, ...] = ("fp32", "int8", "bf16", "fp16")
+    parser: argparse.ArgumentParser,
+    precisions: tuple[str, ...] = ("fp32", "int8", "bf16", "fp16"),
+    spin_wait: bool = False,
 ) -> None:
+    """The model options; ``spin_wait`` adds ``--spin-wait`` (commands that only run the model)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
@@ -33,6 +36,12 @@ def add_model_options(
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
     group.add_argument("--native", action="store_true", help="fuse mean subtraction and top-k into the graph")
+    if spin_wait:
+        group.add_argument(
+            "--spin-wait",
+            action="store_true",
+            help="onnxruntime: idle inference threads busy-wait (lower batch-1 latency when nothing else runs)",
+        )
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +58,7 @@ def model_options(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "backend": args.backend,
         "calibration": args.calibration,
+        **({"spin_wait": args.spin_wait} if hasattr(args, "spin_wait") else {}),
     }
 
 
