@@ -1,0 +1,133 @@
+"""Where OpenVINO int8 spends its time: per-layer counters grouped by kernel, with GMAC/s.
+
+Compiles the int8 model (as ``ResNet50.load(precision="int8", backend="openvino")`` does,
+with performance counters on), runs ``--batch`` images ``--runs`` times, and reports for each
+kernel (1x1 convolution, 3x3/7x7 convolution, the rest) the ms per batch, its share, and the
+multiply-accumulates it performed per second, computed from the ONNX graph's shapes. Also
+lists the precision every layer ran in, so a layer left in float would show. Writes
+``results/ov_profile.json``.
+
+    python benchmarks/ov_profile.py [--batch 8] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def layer_key(name: str) -> str:
+    """``layer1.0.conv2.out/WithoutBiases`` (OpenVINO) and ``layer1.0.conv2.relu`` (ONNX) -> ``layer1.0.conv2``."""
+    return name.split("/")[0].rsplit(".", 1)[0]
+
+
+def conv_macs(onnx_path: Path) -> dict[str, float]:
+    """Multiply-accumulates per image of each Conv layer (by :func:`layer_key`), from inferred shapes."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output})
+    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    macs = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        weight = node.input[1]
+        while weight not in weights and weight in producers:  # QDQ: weight -> DequantizeLinear -> Conv
+            weight = producers[weight].input[0]
+        out_c, in_c, kh, kw = weights[weight]
+        _, _, oh, ow = shapes[node.output[0]]
+        macs[layer_key(node.output[0])] = out_c * in_c * kh * kw * oh * ow
+    return macs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "ov_profile.json")
+    args = parser.parse_args(argv)
+
+    import openvino as ov
+
+    from resnet50.runtime.onnxruntime import physical_cores
+    from resnet50.variants import model_file
+    from resnet50.weights import resolve
+
+    path = model_file(resolve(), "int8")
+    macs_by_output = conv_macs(path)
+    config = {"INFERENCE_NUM_THREADS": args.threads or physical_cores(), "PERFORMANCE_HINT": "LATENCY",
+              "PERF_COUNT": True}  # fmt: skip
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    tensor = np.random.default_rng(0).integers(0, 256, (args.batch, 3, 224, 224)).astype(np.float32) - 117.0
+    for _ in range(5):
+        request.infer({0: tensor})
+    per_node: dict[str, list] = collections.defaultdict(lambda: [0.0, "", ""])
+    for _ in range(args.runs):
+        request.infer({0: tensor})
+        for info in request.profiling_info:
+            entry = per_node[info.node_name]
+            entry[0] += info.real_time.total_seconds() * 1000 / args.runs
+            entry[1], entry[2] = info.node_type, info.exec_type
+
+    precisions = collections.Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) not in ("Const", "Input", "Output"):
+            precisions[f"{rt['layerType'].astype(str)}:{rt['runtimePrecision'].astype(str)}"] += 1
+
+    groups: dict[str, dict] = collections.defaultdict(lambda: {"ms": 0.0, "gmac": 0.0, "layers": 0})
+    for name, (ms, node_type, exec_type) in per_node.items():
+        if ms <= 0:
+            continue
+        if node_type == "Convolution" and layer_key(name) in macs_by_output:
+            group = "1x1 convolution" if "1x1" in exec_type else "3x3 and 7x7 convolution"
+            groups[group]["gmac"] += macs_by_output[layer_key(name)] * args.batch / 1e9
+        else:
+            group = "everything else"
+        groups[group]["ms"] += ms
+        groups[group]["layers"] += 1
+    total_ms = sum(g["ms"] for g in groups.values())
+    summary = {
+        name: {
+            "ms_per_batch": round(g["ms"], 2),
+            "share": round(g["ms"] / total_ms, 3),
+            "layers": g["layers"],
+            "gmac_per_s": round(g["gmac"] / (g["ms"] / 1000), 1) if g["gmac"] else None,
+        }
+        for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["ms"])
+    }
+    result = {
+        "benchmark": "ov_profile",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "openvino": ov.__version__,
+        "model": path.name,
+        "batch": args.batch,
+        "threads": config["INFERENCE_NUM_THREADS"],
+        "ms_per_batch": round(total_ms, 2),
+        "images_per_s_with_counters": round(args.batch / (total_ms / 1000), 1),
+        "gmac_per_image": round(sum(macs_by_output.values()) / 1e9, 3),
+        "groups": summary,
+        "runtime_precisions": dict(sorted(precisions.items())),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
