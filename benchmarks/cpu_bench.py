@@ -132,7 +132,7 @@ def chart(rows: list[dict], path: Path) -> None:
         ax.text(v + high[y], y, f" {v:.1f}", va="center")
     ax.invert_yaxis()
     ax.set_xlabel("images/s (higher is better)")
-    ax.set_title("ResNet50 v1.5 on this CPU (synthetic weights; same run; whiskers: range of the rounds)")
+    ax.set_title("ResNet50 v1.5 on this CPU, synthetic weights, one run\n(bar: median round; whiskers: range of the rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
