@@ -91,7 +91,7 @@ def test_performance_run_is_valid(scenario, model_fp32, dataset, short_conf, tmp
     summary = (out / "mlperf_log_summary.txt").read_text()
     assert "Result is : VALID" in summary
     assert f"Scenario : {scenario}" in summary
-    assert results["result"] == "VALID"
+    assert results["result"] == "VALID" and results["audit_config"] is None
     assert results["weights"] == "synthetic" and "not ImageNet accuracy" in results["warning"]
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "results.json"):
@@ -144,6 +144,41 @@ def test_accuracy_log_holds_reference_labels(model_fp32, dataset, offline_accura
     found = {e["qsl_idx"]: np.frombuffer(bytes.fromhex(e["data"]), np.float32)[0] for e in entries}
     argmax = model_fp32.run(dataset.tensor(range(COUNT), np.float32))["ArgMax:0"]
     assert [found[i] for i in range(COUNT)] == [np.float32(a - 1) for a in argmax]
+
+
+TEST01_AUDIT = """# MLPerf compliance TEST01 (accuracy verification), as in inference/compliance/TEST01
+*.*.mode = 2
+*.*.accuracy_log_rng_seed = 720381539243781796
+*.*.accuracy_log_sampling_target = 24
+"""
+
+
+def test_test01_logs_sampled_responses_equal_to_the_accuracy_run(
+    model_fp32, dataset, short_conf, offline_accuracy_log, tmp_path
+):
+    audit = tmp_path / "audit.config"
+    audit.write_text(TEST01_AUDIT)
+    # --mode accuracy on purpose: the audit's mode 2 (performance) decides, as in LoadGen
+    results = run(model_fp32, dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy", audit_config=audit))
+    assert results["mode"] == "performance" and results["result"] == "VALID"
+    assert results["audit_config"]["path"] == str(audit.resolve())
+    assert results["audit_config"]["settings"]["accuracy_log_sampling_target"] == "24"
+    sampled = json.loads((tmp_path / "out" / "mlperf_log_accuracy.json").read_text())
+    assert results["audit_config"]["accuracy_log_entries"] == len(sampled) > 0
+    # TEST01's check: a response logged during the performance run equals the accuracy run's
+    reference = {e["qsl_idx"]: e["data"] for e in json.loads(offline_accuracy_log.read_text())}
+    assert all(entry["data"] == reference[entry["qsl_idx"]] for entry in sampled)
+
+
+def test_audit_config_in_the_working_directory_is_reported(model_fp32, dataset, short_conf, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = _options(tmp_path, short_conf, "Offline")
+    assert options.audit_file() is None
+    (tmp_path / "audit.config").write_text(TEST01_AUDIT)
+    assert options.audit_file() == (tmp_path / "audit.config").resolve()  # LoadGen's own rule
+    results = run(model_fp32, dataset, options)
+    assert results["audit_config"]["path"] == str((tmp_path / "audit.config").resolve())
+    assert results["audit_config"]["accuracy_log_entries"] > 0
 
 
 def test_scoring_counts_wrong_labels(dataset, offline_accuracy_log, tmp_path):
@@ -217,6 +252,8 @@ def test_options_are_checked(short_conf, tmp_path):
         RunOptions(scenario="Offfline").check()
     with pytest.raises(InputNotFoundError, match=r"nope\.conf: no such user\.conf file"):
         RunOptions(user_conf=tmp_path / "nope.conf").check()
+    with pytest.raises(InputNotFoundError, match=r"audit\.config: no such audit\.config file"):
+        RunOptions(audit_config=tmp_path / "audit.config").check()
 
 
 # --- data set ------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ def register(subparsers) -> None:
     parser.add_argument("--min-query-count", type=int, metavar="N", help="override min_query_count (short runs)")
     parser.add_argument("--batch", type=int, default=8, metavar="B", help="largest inference batch (default 8)")
     parser.add_argument(
+        "--audit-config",
+        metavar="FILE",
+        help="audit.config of an MLPerf compliance test (TEST01, TEST04); default: ./audit.config if present",
+    )
+    parser.add_argument(
         "--batch-timeout",
         type=float,
         default=0.0,
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         min_query_count=args.min_query_count,
         batch_size=args.batch,
         batch_timeout_ms=args.batch_timeout,
+        audit_config=Path(args.audit_config) if args.audit_config else None,
     )
     options.check()
     loadgen()  # fail before loading anything when LoadGen is missing
@@ -96,4 +102,7 @@ def _print_human(results: dict) -> None:
             print(f"p{m['percentile']:g} latency : {m['percentile_latency_ms']:.2f} ms")
         for line in results.get("advice", []):
             print(f"  {line}")
+    if results.get("audit_config"):
+        audit = results["audit_config"]
+        print(f"audit : {audit['path']} ({audit['accuracy_log_entries']} responses in the accuracy log)")
     print(f"logs: {results['output']}/ ({', '.join(results['files'])})")

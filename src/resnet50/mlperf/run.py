@@ -39,6 +39,7 @@ class RunOptions:
     min_query_count: int | None = None
     batch_size: int = 8
     batch_timeout_ms: float = 0.0
+    audit_config: Path | None = None  # an MLPerf compliance test's audit.config (TEST01, TEST04)
 
     def check(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -58,6 +59,16 @@ class RunOptions:
             raise InvalidInputError(f"--batch-timeout must not be negative, got {self.batch_timeout_ms}")
         if self.user_conf is not None and not Path(self.user_conf).is_file():
             raise InputNotFoundError(f"{self.user_conf}: no such user.conf file")
+        if self.audit_config is not None and not Path(self.audit_config).is_file():
+            raise InputNotFoundError(f"{self.audit_config}: no such audit.config file")
+
+    def audit_file(self) -> Path | None:
+        """The audit.config LoadGen will apply: the one given, else ``./audit.config`` when it
+        exists (LoadGen's own rule, which compliance scripts rely on), else none."""
+        if self.audit_config is not None:
+            return Path(self.audit_config).resolve()
+        found = Path("audit.config")
+        return found.resolve() if found.is_file() else None
 
 
 def default_user_conf() -> Path:
@@ -181,6 +192,10 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     for name in (*LOG_FILES, "results.json"):
         (output / name).unlink(missing_ok=True)  # never report a previous run's files as this one's
 
+    audit = options.audit_file()
+    audit_settings = read_audit(audit) if audit else {}
+    # A compliance test may set the mode itself (TEST01: performance with sampled accuracy logs).
+    mode = {"1": "accuracy", "2": "performance"}.get(audit_settings.get("mode", ""), options.mode)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = os.fspath(output)
     log_settings.log_output.copy_summary_to_stdout = False
@@ -193,7 +208,11 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     with sut:
         sut_handle, qsl_handle = sut.construct(), library.construct()
         try:
-            lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
+            # An absent file name makes LoadGen run without an audit; never a stray ./audit.config
+            # other than the one audit_file() reports.
+            lg.StartTestWithLogSettings(
+                sut_handle, qsl_handle, settings, log_settings, os.fspath(audit) if audit else _NO_AUDIT
+            )
         finally:
             lg.DestroyQSL(qsl_handle)
             lg.DestroySUT(sut_handle)
@@ -207,7 +226,7 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     summary = parse_summary(summary_path.read_text())
     results = {
         "scenario": options.scenario,
-        "mode": options.mode,
+        "mode": mode,
         "weights": model.weights,
         "precision": model.precision,
         "use_native": model.use_native,
@@ -216,11 +235,12 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
         "user_conf": os.fspath(conf),
         "dataset": dataset.describe(),
         "batch_size": options.batch_size,
+        "audit_config": audit_summary(audit, audit_settings, output),
         "wall_seconds": round(seconds, 3),
         "output": os.fspath(output),
         "files": [*(name for name in LOG_FILES if (output / name).is_file()), "results.json"],
     }
-    if options.mode == "performance":
+    if mode == "performance":
         results["result"] = summary.get("Result is", "UNKNOWN")
         results["metrics"] = metrics(options.scenario, summary)
         results["summary"] = summary
@@ -234,6 +254,29 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     (output / "results.json.tmp").write_text(json.dumps(results, indent=2) + "\n")
     (output / "results.json.tmp").replace(output / "results.json")
     return results
+
+
+_NO_AUDIT = "resnet50-no-audit.config"  # a name that never exists: LoadGen then applies no audit
+
+
+def read_audit(audit: Path) -> dict[str, str]:
+    """``model.scenario.key = value`` lines of an audit.config, by key (the last part)."""
+    settings = {}
+    for line in audit.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            settings[key.strip().rsplit(".", 1)[-1]] = value.strip()
+    return settings
+
+
+def audit_summary(audit: Path | None, settings: dict[str, str], output: Path) -> dict | None:
+    """What a compliance run applied, for results.json: the file, its settings, and how many
+    responses LoadGen logged for accuracy checking (TEST01 samples them in performance mode)."""
+    if audit is None:
+        return None
+    log = output / "mlperf_log_accuracy.json"
+    logged = len(json.loads(log.read_text() or "[]")) if log.is_file() else 0
+    return {"path": os.fspath(audit), "settings": settings, "accuracy_log_entries": logged}
 
 
 def _loadgen_version() -> str | None:
