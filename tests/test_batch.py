@@ -169,6 +169,29 @@ def test_resume_skips_paths_already_done(dataset, local_rows, model_fp32, tmp_pa
     assert (third.skipped, third.rows) == (GOOD + 2, 0)
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_retry_errors_classifies_fixed_files_again(dataset, local_rows, model_fp32, tmp_path, suffix):
+    import shutil
+
+    late = tmp_path / "late.jpg"
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join([*dataset["good"][:3], str(late)]) + "\n")
+    out = tmp_path / f"results{suffix}"
+    first = run_batch(listing, out, model=model_fp32)
+    assert (first.classified, first.errors) == (3, 1)
+    shutil.copy(dataset["good"][3], late)  # the missing file arrives
+    kept = run_batch(listing, out, model=model_fp32, resume=True)  # plain resume keeps the error row
+    assert (kept.skipped, kept.rows) == (4, 0) and _by_path(_read(out))[str(late)]["error"]
+    again = run_batch(listing, out, model=model_fp32, resume=True, retry_errors=True)
+    assert (again.skipped, again.classified, again.errors) == (3, 1, 0)
+    rows = _by_path(_read(out))
+    assert sorted(rows) == sorted([*dataset["good"][:3], str(late)])  # one row per path, no error left
+    expected = {k: v for k, v in _by_path(local_rows)[dataset["good"][3]].items() if k != "path"}
+    assert {k: v for k, v in rows[str(late)].items() if k != "path"} == expected
+    with pytest.raises(InvalidInputError, match=r"retry_errors \(--retry-errors\) needs resume \(--resume\)"):
+        run_batch(listing, out, model=model_fp32, retry_errors=True)
+
+
 def test_resume_picks_up_the_parts_of_a_killed_parquet_run(dataset, local_rows, model_fp32, tmp_path):
     from resnet50.batch.rows import to_table
 

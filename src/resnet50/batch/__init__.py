@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from ..errors import InvalidInputError
 from .inputs import list_inputs
 from .rows import COLUMNS, schema
-from .writers import RowWriter, check_output, done_paths
+from .writers import RowWriter, check_output, done_paths, drop_error_rows
 
 ENGINES = ("local", "ray")
 
@@ -198,6 +198,7 @@ def run_batch(
     *,
     engine: str = "local",
     resume: bool = False,
+    retry_errors: bool = False,
     overwrite: bool = False,
     precision: str = "fp32",
     device: str = "cpu",
@@ -214,15 +215,20 @@ def run_batch(
 ) -> BatchSummary:
     """Classify every image ``source`` names into ``output`` (.parquet, .csv or .jsonl), streaming.
 
-    ``resume=True`` keeps the rows already in ``output`` and classifies only the other paths.
-    ``progress=True`` shows a bar with images/s and ETA on stderr.
+    ``resume=True`` keeps the rows already in ``output`` and classifies only the other paths;
+    with ``retry_errors=True`` it also removes the error rows and classifies those paths again
+    (after the files were fixed). ``progress=True`` shows a bar with images/s and ETA on stderr.
     """
     from tqdm import tqdm
 
     _check(engine, batch_size, top_k, ray_options)
+    if retry_errors and not resume:
+        raise InvalidInputError("retry_errors (--retry-errors) needs resume (--resume)")
     check_output(output, resume=resume, overwrite=overwrite)
     paths = list_inputs(source, path_column)
     skipped = 0
+    if retry_errors:
+        drop_error_rows(output)
     if resume:
         done = done_paths(output)
         pending = [p for p in paths if p not in done]

@@ -59,6 +59,55 @@ def done_paths(path: str | os.PathLike) -> set[str]:
     return done
 
 
+def drop_error_rows(path: str | os.PathLike) -> int:
+    """Remove the error rows from an existing output (and a Parquet run's leftover parts), so
+    those paths can be classified again; how many were removed. Each file is replaced
+    atomically, so an interruption leaves either the old or the new rows."""
+    path = Path(path)
+    kind = output_format(path)
+    removed = 0
+    if kind == "parquet":
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        files = [path] if path.exists() else []
+        files += sorted(parts_dir(path).glob("part-*.parquet")) if parts_dir(path).is_dir() else []
+        for file in files:
+            table = pq.read_table(file)
+            kept = table.filter(pc.equal(pc.fill_null(table.column("error"), ""), ""))
+            if kept.num_rows < table.num_rows:
+                removed += table.num_rows - kept.num_rows
+                tmp = file.with_name(f".{file.name}.retry")
+                pq.write_table(kept, tmp)
+                tmp.replace(file)
+        return removed
+    if not path.exists():
+        return 0
+    _drop_partial_line(path)
+    tmp = path.with_name(f".{path.name}.retry")
+    with open(path, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+        if kind == "csv":
+            reader = csv.reader(src)
+            header = next(reader, None)
+            writer = csv.writer(dst)
+            if header is not None:
+                writer.writerow(header)
+                error_at = header.index("error")
+                for row in reader:
+                    if row[error_at]:
+                        removed += 1
+                    else:
+                        writer.writerow(row)
+        else:
+            for line in src:
+                if line.strip() and json.loads(line).get("error"):
+                    removed += 1
+                else:
+                    dst.write(line)
+    tmp.replace(path)
+    return removed
+
+
 def _drop_partial_line(path: Path) -> None:
     """A run killed mid-write can leave half a line at the end: cut it so the file stays valid."""
     with open(path, "rb+") as f:

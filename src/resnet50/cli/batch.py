@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="results file: .parquet, .csv or .jsonl")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in FILE; classify the rest")
+    parser.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: classify the paths of error rows again"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     parser.add_argument("--path-column", default="path", metavar="NAME", help="path column of a table (default path)")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="top-k per image (default 5)")
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         engine=args.engine,
         resume=args.resume,
+        retry_errors=args.retry_errors,
         overwrite=args.overwrite,
         **model_options(args),
         batch_size=args.batch,
