@@ -111,7 +111,8 @@ def service_times(model, paths: list[str], max_batch: int, repeats: int = 8) -> 
     """Median ms of one model run per batch size 1..max_batch, alone on the machine."""
     from resnet50.preprocess import preprocess
 
-    tensor, _ = preprocess(paths[:max_batch], with_scaling=model.input_dtype != np.uint8)
+    chosen = [paths[i % len(paths)] for i in range(max_batch)]  # a full batch even when --count is smaller
+    tensor, _ = preprocess(chosen, with_scaling=model.input_dtype != np.uint8)
     times = {}
     for size in range(1, max_batch + 1):
         runs = []
@@ -202,7 +203,10 @@ async def post(client, url: str, body: bytes, timeout: float) -> tuple[str, dict
         response = await asyncio.wait_for(client.post(f"{url}/v1/classify", content=body), timeout)
     except (asyncio.TimeoutError, httpx.TransportError):
         return "lost", None
-    answer = response.json()
+    try:
+        answer = response.json()
+    except ValueError:  # not JSON: a server fault, counted as an error, never an aborted run
+        return "error", None
     ok = response.status_code == 200 and "predictions" in answer
     if ok:
         answer["timing"] = parse_server_timing(response.headers.get("server-timing", ""))
@@ -211,8 +215,9 @@ async def post(client, url: str, body: bytes, timeout: float) -> tuple[str, dict
 
 def parse_server_timing(header: str) -> dict[str, float]:
     """``read;dur=0.31, prepare;dur=2.02, ...`` -> {"read": 0.31, "prepare": 2.02, ...} (ms)."""
-    found = re.findall(r"(\w+);dur=([\d.]+)", header)
-    return {name: float(ms) for name, ms in found}
+    found = {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([\d.]+)", header)}
+    batch = re.search(r'desc="batch of (\d+)"', header)
+    return {**found, **({"batch": int(batch.group(1))} if batch else {})}
 
 
 async def closed_loop(client, url: str, bodies: list[bytes], args) -> dict:
@@ -276,14 +281,27 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, args) ->
         **percentiles(ok),
         "server_side": percentiles(server_side),
         "server_stages_ms": stage_summary(stages),
+        "stages": stages,
         "schedule": schedule,
         "timeline": sorted((round(at, 4), round(lat * 1000, 3), o) for at, lat, o in records),
     }
 
 
+def inference_slowdown(stages: list[dict[str, float]], service_ms: dict[int, float]) -> dict:
+    """Mean ms of one model run under load against the same batch sizes run alone. A request
+    in a batch of k reports that batch's run time, so each request weighs 1/k: one per batch."""
+    runs = [(stage["infer"], int(stage["batch"])) for stage in stages if "infer" in stage and "batch" in stage]
+    if not runs:
+        return {}
+    weights = np.array([1.0 / batch for _, batch in runs])
+    loaded = float(np.sum([ms / batch for ms, batch in runs]) / weights.sum())
+    alone = float(np.sum([service_ms[batch] / batch for _, batch in runs]) / weights.sum())
+    return {"under_load_ms": round(loaded, 2), "alone_ms": round(alone, 2), "slowdown": round(loaded / alone, 2)}
+
+
 def stage_summary(stages: list[dict[str, float]]) -> dict:
     """Mean and p99 ms of each Server-Timing stage over the answered requests."""
-    names = sorted({name for stage in stages for name in stage})
+    names = sorted({name for stage in stages for name in stage} - {"batch"})
     summary = {}
     for name in names:
         values = np.array([stage.get(name, 0.0) for stage in stages])
@@ -335,43 +353,34 @@ async def serve_and_load(args, bodies: list[bytes], base: dict, log_dir: Path) -
             for name, rate in rates.items():
                 print(f"{name}: {rate:.1f} req/s for {args.duration:g} s ...", file=sys.stderr)
                 before = batch_stats((await client.get(f"{server.url}/metrics")).text)
-                cpu_before = cpu_seconds(server.proc.pid), time.process_time()
+                cpu_before = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
                 result = await open_loop(client, server.url, bodies, rate, args)
-                cpu_after = cpu_seconds(server.proc.pid), time.process_time()
+                cpu_after = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
                 after = batch_stats((await client.get(f"{server.url}/metrics")).text)
                 result["batching"] = batch_delta(before, after)
-                result["cpu_share"] = cpu_share(cpu_before, cpu_after, args.duration)
+                result["cpu_share"] = cpu_share(cpu_before, cpu_after)
                 schedule = result.pop("schedule")
                 result["floor"] = queue_floor(schedule, base["service_ms"], args.max_batch, base["prepare_ms"])
+                result["inference_per_batch"] = inference_slowdown(result.pop("stages"), base["service_ms"])
                 opened[name] = result
     finally:
         code = server.stop()
     return {"closed": closed, **opened, "server_exit_code": code, "server_url": server.url}
 
 
-def cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by each thread group of process ``pid`` (by thread name)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    used: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        group = re.sub(r"[-_]?\d+$", "", name) or name
-        used[group] = used.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
-    return used
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_share(before: tuple, after: tuple, seconds: float) -> dict[str, float]:
-    """Cores used on average by each server thread group and by this load generator."""
-    (server0, client0), (server1, client1) = before, after
-    share = {f"server {k}": round((v - server0.get(k, 0.0)) / seconds, 3) for k, v in server1.items()}
-    share = {k: v for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v >= 0.005}
-    share["load generator"] = round((client1 - client0) / seconds, 3)
-    return share
+def cpu_share(before: tuple, after: tuple) -> dict[str, float]:
+    """Cores used on average, between two (server CPU s, load generator CPU s, wall s) samples."""
+    (server0, client0, wall0), (server1, client1, wall1) = before, after
+    seconds = wall1 - wall0
+    server, client = (server1 - server0) / seconds, (client1 - client0) / seconds
+    return {"server": round(server, 3), "load generator": round(client, 3)}
 
 
 def batch_delta(before: dict, after: dict) -> dict:

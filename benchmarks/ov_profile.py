@@ -3,7 +3,7 @@
 Compiles the int8 model (as ``ResNet50.load(precision="int8", backend="openvino")`` does,
 with performance counters on), runs ``--batch`` images ``--runs`` times, and reports for each
 kernel (1x1 convolution, 3x3/7x7 convolution, the rest) the ms per batch, its share, and the
-multiply-accumulates it performed per second, computed from the ONNX graph's shapes. Also
+multiply-accumulates it performed per second, computed from the model's shapes. Also
 lists the precision every layer ran in, so a layer left in float would show. Writes
 ``results/ov_profile.json``.
 
@@ -24,31 +24,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def layer_key(name: str) -> str:
-    """``layer1.0.conv2.out/WithoutBiases`` (OpenVINO) and ``layer1.0.conv2.relu`` (ONNX) -> ``layer1.0.conv2``."""
-    return name.split("/")[0].rsplit(".", 1)[0]
-
-
-def conv_macs(onnx_path: Path) -> dict[str, float]:
-    """Multiply-accumulates per image of each Conv layer (by :func:`layer_key`), from inferred shapes."""
-    import onnx
-    from onnx import numpy_helper, shape_inference
-
-    model = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
-    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output})
-    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
+def conv_macs(model) -> dict[str, int]:
+    """Multiply-accumulates per image of each Convolution of an OpenVINO model (reshaped to a
+    static batch of 1), by its friendly name: the name the performance counters report."""
     macs = {}
-    for node in model.graph.node:
-        if node.op_type != "Conv":
+    for op in model.get_ops():
+        if op.get_type_name() != "Convolution":
             continue
-        weight = node.input[1]
-        while weight not in weights and weight in producers:  # QDQ: weight -> DequantizeLinear -> Conv
-            weight = producers[weight].input[0]
-        out_c, in_c, kh, kw = weights[weight]
-        _, _, oh, ow = shapes[node.output[0]]
-        macs[layer_key(node.output[0])] = out_c * in_c * kh * kw * oh * ow
+        out_c, in_c, kh, kw = (d.get_length() for d in op.input(1).get_partial_shape())
+        _, _, oh, ow = (d.get_length() for d in op.get_output_partial_shape(0))
+        macs[op.get_friendly_name()] = out_c * in_c * kh * kw * oh * ow
     return macs
 
 
@@ -67,10 +52,13 @@ def main(argv=None) -> int:
     from resnet50.weights import resolve
 
     path = model_file(resolve(), "int8")
-    macs_by_output = conv_macs(path)
+    core = ov.Core()
+    static = core.read_model(str(path))
+    static.reshape({static.inputs[0].get_any_name(): [1, 3, 224, 224]})
+    macs_by_name = conv_macs(static)
     config = {"INFERENCE_NUM_THREADS": args.threads or physical_cores(), "PERFORMANCE_HINT": "LATENCY",
               "PERF_COUNT": True}  # fmt: skip
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     tensor = np.random.default_rng(0).integers(0, 256, (args.batch, 3, 224, 224)).astype(np.float32) - 117.0
     for _ in range(5):
@@ -93,9 +81,9 @@ def main(argv=None) -> int:
     for name, (ms, node_type, exec_type) in per_node.items():
         if ms <= 0:
             continue
-        if node_type == "Convolution" and layer_key(name) in macs_by_output:
+        if node_type == "Convolution" and name in macs_by_name:
             group = "1x1 convolution" if "1x1" in exec_type else "3x3 and 7x7 convolution"
-            groups[group]["gmac"] += macs_by_output[layer_key(name)] * args.batch / 1e9
+            groups[group]["gmac"] += macs_by_name[name] * args.batch / 1e9
         else:
             group = "everything else"
         groups[group]["ms"] += ms
@@ -119,7 +107,8 @@ def main(argv=None) -> int:
         "threads": config["INFERENCE_NUM_THREADS"],
         "ms_per_batch": round(total_ms, 2),
         "images_per_s_with_counters": round(args.batch / (total_ms / 1000), 1),
-        "gmac_per_image": round(sum(macs_by_output.values()) / 1e9, 3),
+        "gmac_per_image": round(sum(macs_by_name.values()) / 1e9, 3),
+        "convolutions_matched": sum(1 for name in per_node if name in macs_by_name),
         "groups": summary,
         "runtime_precisions": dict(sorted(precisions.items())),
     }

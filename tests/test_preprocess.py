@@ -65,6 +65,7 @@ def test_without_scaling_gives_uint8_rgb_crop(image_files):
 def _random_sizes(count: int, seed: int) -> list[tuple[int, int]]:
     rng = np.random.default_rng(seed)
     edges = [(256, 256), (256, 257), (257, 256), (375, 500), (500, 375), (224, 300), (255, 4000), (4000, 256)]
+    edges += [(512, 700), (700, 512), (1024, 2048), (2048, 1024), (768, 768), (257, 8000), (8000, 257), (300, 9000)]
     return edges + [tuple(int(v) for v in rng.integers(200, 1400, 2)) for _ in range(count)]
 
 
@@ -74,6 +75,26 @@ def test_partial_resize_equals_reference_on_noise(height, width):
     bgr = np.random.default_rng(height * 10_000 + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
     ours = normalize(np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))[None])
     assert np.array_equal(ours, pre_process_vgg(bgr)[None])
+
+
+def test_partial_resize_is_the_path_taken_when_both_sides_shrink(monkeypatch):
+    sources = []
+    real_resize = cv2.resize
+    monkeypatch.setattr(cv2, "resize", lambda src, *a, **kw: sources.append(src.shape) or real_resize(src, *a, **kw))
+    center_crop_uint8(np.zeros((375, 500, 3), np.uint8))
+    center_crop_uint8(np.zeros((200, 300, 3), np.uint8))  # grows: the whole image is resized
+    assert sources[0][0] < 375 and sources[0][1] < 500  # only up to the crop's far edges
+    assert sources[1] == (200, 300, 3)
+
+
+def test_extreme_aspect_ratio_is_refused_not_resized_into_gigabytes():
+    with pytest.raises(InvalidInputError) as info:
+        preprocess(np.zeros((1, 100_000, 3), np.uint8))
+    assert str(info.value) == (
+        "<array 1x100000x3 uint8>: a 100000x1 image would be resized to 25600000x256 before the crop; "
+        "aspect ratios beyond ~490:1 are refused"
+    )
+    assert preprocess(np.zeros((1, 400, 3), np.uint8))[0].shape == (1, 3, 224, 224)  # 400:1 still runs
 
 
 def test_resize_geometry_matches_reference_arithmetic():

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -290,11 +291,23 @@ BAD_INPUTS = {
     "v2 empty body": (_V2, {"content": b""}, 400, "empty request body"),
     "v2 unknown model": ("/v2/models/vgg16/infer", {"content": _v2_body()}, 404, "unknown model 'vgg16'"),
     "unknown path": ("/v1/nothing", {"content": b"x"}, 404, "no such endpoint: /v1/nothing"),
-    "image declaring 20000x20000 pixels": (
+    "image declaring 11000x10000 pixels": (
         "/v1/classify",
         {"content": "BOMB"},
         413,
-        "request body: image is 20000x20000 (400.0 megapixels); this server decodes at most 100 megapixels",
+        "request body: image is 11000x10000 (110.0 megapixels); this server decodes at most 100 megapixels",
+    ),
+    "image declaring 20000x20000 pixels": (
+        "/v1/classify",
+        {"content": "BIG BOMB"},
+        413,
+        "exceeds limit of 178956970 pixels",
+    ),
+    "HDR image (no size check possible)": (
+        "/v1/classify",
+        {"content": "HDR"},
+        400,
+        "request body: not a decodable image in a format the server accepts",
     ),
     "oversize body": ("/v1/classify", {"content": b"\xff" * (9 * 1024 * 1024)}, 413, "request body too large"),
     "oversize chunked": (
@@ -323,7 +336,11 @@ def _png_declaring(width: int, height: int) -> bytes:
 def test_bad_input_is_4xx_json_naming_the_problem(server, sample_photos, case):
     path, kwargs, status, message = BAD_INPUTS[case]
     if kwargs.get("content") == "BOMB":
+        kwargs = {"content": _png_declaring(11_000, 10_000)}
+    if kwargs.get("content") == "BIG BOMB":
         kwargs = {"content": _png_declaring(20_000, 20_000)}
+    if kwargs.get("content") == "HDR":  # OpenCV decodes Radiance HDR; Pillow cannot read its header
+        kwargs = {"content": cv2.imencode(".hdr", np.ones((8, 8, 3), np.float32))[1].tobytes()}
     if kwargs.get("content") == "TRUNCATED":
         kwargs = {"content": _truncated_jpeg(sample_photos)}
     if kwargs.get("content") == "CHUNKED":  # no Content-Length: the cap must hold while streaming
@@ -532,6 +549,36 @@ def test_batcher_reports_queue_and_run_time_of_each_request():
     assert timings[0]["batch"] == 4 and timings[1]["batch"] in (1, 2)
     for timing in timings:
         assert timing["queue"] >= 0 and timing["infer"] > 0
+
+
+def test_batcher_timing_of_a_request_split_in_chunks_adds_up_to_its_wall_time():
+    import time
+
+    class Slow(_RecordingModel):
+        def run(self, tensor, top_k=5):
+            time.sleep(0.05)
+            return super().run(tensor, top_k)
+
+    async def twelve(batcher):
+        timing = {}
+        start = time.perf_counter()
+        await batcher.infer(np.zeros((12, 1), np.float32), 5, None, timing)  # 3 chunks of 4, run one after another
+        return timing, time.perf_counter() - start
+
+    from resnet50.serve.batcher import Batcher
+
+    async def main():
+        batcher = Batcher(Slow(), max_batch=4, max_wait_ms=0)
+        batcher.start()
+        try:
+            return await twelve(batcher)
+        finally:
+            await batcher.stop()
+
+    timing, wall = asyncio.run(main())
+    assert timing["batch"] == 4 and timing["infer"] >= 0.15
+    assert timing["queue"] < 0.04  # the first chunk ran at once: later chunks' waits are not queueing
+    assert timing["queue"] + timing["infer"] <= wall + 0.001
 
 
 def test_batcher_runs_a_lone_request_without_waiting_for_max_wait():

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InvalidInputError, ResNet50Error
+from ..errors import ImageDecodeError, InvalidInputError, ResNet50Error
 from ..postprocess import postprocess
 from ..preprocess import PreprocessContext, center_crop_uint8, decode, normalize
 from . import v2
@@ -38,14 +38,20 @@ class ImageTooLarge(InvalidInputError):
 
 
 def check_pixels(data: bytes, source: str, limit: int) -> None:
-    """Refuse an image whose header declares more than ``limit`` pixels before it is decoded:
-    a file of a few kB can declare gigapixels. Formats Pillow does not read are left to OpenCV
-    (which has its own, larger limit)."""
+    """Refuse an image whose header declares more than ``limit`` pixels before it is decoded: a
+    file of a few kB can declare gigapixels. An image whose header Pillow cannot read is refused
+    too (OpenCV would decode some such formats, e.g. Radiance HDR, with no size check first)."""
+    if not data:
+        return  # decode() names the empty input
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except Exception:  # not an image Pillow reads: decode() gives the real error
-        return
+    except Image.DecompressionBombError as exc:  # past Pillow's own limit (~179 MP by default)
+        raise ImageTooLarge(f"{source}: {exc} (this server decodes at most {limit / 1e6:g} megapixels)") from None
+    except Exception:
+        raise ImageDecodeError(
+            f"{source}: not a decodable image in a format the server accepts (JPEG, PNG, WebP, BMP, TIFF, PNM)"
+        ) from None
     if width * height > limit:
         raise ImageTooLarge(
             f"{source}: image is {width}x{height} ({width * height / 1e6:.1f} megapixels); this server "
@@ -76,7 +82,6 @@ def create_app(
     batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
     max_body = int(max_body_mb * 1024 * 1024)
     max_pixels = int(max_megapixels * 1e6)
-    Image.MAX_IMAGE_PIXELS = None  # --max-megapixels replaces Pillow's bomb check in this process
     log = log or (lambda message: print(f"resnet50 serve: {message}", file=sys.stderr, flush=True))
     counts = {"accepted": 0, "answered": 0}
 
@@ -127,7 +132,7 @@ def create_app(
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
         check_pixels(data, source, max_pixels)
         bgr = decode(data, source)
-        crop = np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))[None]
+        crop = np.ascontiguousarray(center_crop_uint8(bgr, source).transpose(2, 0, 1))[None]
         return (crop if model.input_dtype == np.uint8 else normalize(crop)), bgr.shape[:2]
 
     # --- /v1/classify ---

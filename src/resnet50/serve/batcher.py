@@ -122,9 +122,10 @@ class Batcher:
         for item in items:
             self._put(item)
         parts = await asyncio.gather(*(item.future for item in items))
-        if timing is not None:
-            timing["queue"] = sum(i.started_at - i.queued_at for i in items)
-            timing["infer"] = sum(i.run_seconds for i in items)
+        if timing is not None:  # chunks are queued together: waiting ends when the first one runs
+            first_start = min(i.started_at for i in items)
+            timing["queue"] = first_start - items[0].queued_at
+            timing["infer"] = max(i.started_at + i.run_seconds for i in items) - first_start
             timing["batch"] = max(i.batch_rows for i in items)
         if len(parts) == 1:
             return parts[0]
