@@ -113,5 +113,5 @@ def test_upload_text_file_shows_the_error(page_server, browser, tmp_path):
     card = _upload_and_wait(browser, text_file)
     assert not card.find_elements(By.CSS_SELECTOR, ".bar")
     error = card.find_element(By.CSS_SELECTOR, ".error").text
-    assert error == "notes.txt: not a decodable image (JPEG, PNG, BMP, WebP, TIFF ...)"
+    assert error == "notes.txt: not a decodable image in a format the server accepts (JPEG, PNG, WebP, BMP, TIFF, PNM)"
     _screenshot(browser, tmp_path, "serve-page-error.png")
