@@ -8,6 +8,7 @@ server's error shown in the page. Screenshots go to the test's tmp dir and, when
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -101,6 +102,10 @@ def test_upload_photo_shows_five_bars_with_labels(page_server, browser, sample_p
     assert browser.execute_script("return arguments[0].naturalWidth", card.find_element(By.TAG_NAME, "img")) == 451
     assert "weights: synthetic (labels and scores are meaningless)" in browser.find_element(By.ID, "info").text
     assert not card.find_elements(By.CSS_SELECTOR, ".error")
+    status = card.find_element(By.CSS_SELECTOR, ".status").text  # the Server-Timing header, read by the page
+    assert re.fullmatch(
+        r"\d+\.\d ms \(decode \d+\.\d · queue \d+\.\d · model \d+\.\d ms, batch of 1\) · weights synthetic", status
+    ), status
     _screenshot(browser, tmp_path, "serve-page-photo.png")
 
 
