@@ -506,10 +506,10 @@ class _RecordingModel:
         return {"y": tensor[:, 0].copy(), "k": np.full(len(tensor), top_k)}
 
 
-def _run_batcher(coro_factory, **kwargs):
+def _run_batcher(coro_factory, model=None, **kwargs):
     from resnet50.serve.batcher import Batcher
 
-    model = _RecordingModel()
+    model = model or _RecordingModel()
 
     async def main():
         batcher = Batcher(model, **kwargs)
@@ -565,17 +565,7 @@ def test_batcher_timing_of_a_request_split_in_chunks_adds_up_to_its_wall_time():
         await batcher.infer(np.zeros((12, 1), np.float32), 5, None, timing)  # 3 chunks of 4, run one after another
         return timing, time.perf_counter() - start
 
-    from resnet50.serve.batcher import Batcher
-
-    async def main():
-        batcher = Batcher(Slow(), max_batch=4, max_wait_ms=0)
-        batcher.start()
-        try:
-            return await twelve(batcher)
-        finally:
-            await batcher.stop()
-
-    timing, wall = asyncio.run(main())
+    (timing, wall), _ = _run_batcher(twelve, Slow(), max_batch=4, max_wait_ms=0)
     assert timing["batch"] == 4 and timing["infer"] >= 0.15
     assert timing["queue"] < 0.04  # the first chunk ran at once: later chunks' waits are not queueing
     assert timing["queue"] + timing["infer"] <= wall + 0.001

@@ -98,11 +98,12 @@ def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.
     return image
 
 
-def to_bgr(image: ImageInput) -> np.ndarray:
-    """Any supported input as a BGR uint8 HxWx3 array."""
+def to_bgr(image: ImageInput, source: str | None = None) -> np.ndarray:
+    """Any supported input as a BGR uint8 HxWx3 array; ``source`` names it in errors
+    (default: :func:`describe`)."""
     import cv2
 
-    source = describe(image)
+    source = source or describe(image)
     if isinstance(image, (str, os.PathLike)):
         return decode(read_bytes(image), source)
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -182,10 +183,12 @@ def normalize(crops_nchw_uint8: np.ndarray) -> np.ndarray:
     return crops_nchw_uint8.astype(np.float32) - _MEANS
 
 
-def preprocess_one(image: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
-    """One input → (uint8 RGB CHW crop ``[3,224,224]``, original (height, width))."""
-    bgr = to_bgr(image)
-    crop = center_crop_uint8(bgr, describe(image))
+def preprocess_one(image: ImageInput, source: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """One input → (uint8 RGB CHW crop ``[3,224,224]``, original (height, width)); ``source``
+    names it in errors (default: :func:`describe`)."""
+    source = source or describe(image)
+    bgr = to_bgr(image, source)
+    crop = center_crop_uint8(bgr, source)
     return np.ascontiguousarray(crop.transpose(2, 0, 1)), (bgr.shape[0], bgr.shape[1])
 
 

@@ -34,6 +34,12 @@ def parts_dir(path: Path) -> Path:
     return path.with_name(f".{path.name}.parts")
 
 
+def _parquet_files(path: Path) -> list[Path]:
+    """The Parquet output (if any) and then a killed run's leftover parts, in write order."""
+    files = [path] if path.exists() else []
+    return files + (sorted(parts_dir(path).glob("part-*.parquet")) if parts_dir(path).is_dir() else [])
+
+
 def done_paths(path: str | os.PathLike) -> set[str]:
     """Paths that already have a row in the output (and, for Parquet, in leftover parts)."""
     path = Path(path)
@@ -42,9 +48,7 @@ def done_paths(path: str | os.PathLike) -> set[str]:
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        files = [path] if path.exists() else []
-        files += sorted(parts_dir(path).glob("part-*.parquet")) if parts_dir(path).is_dir() else []
-        for file in files:
+        for file in _parquet_files(path):
             for batch in pq.ParquetFile(file).iter_batches(columns=["path"]):
                 done.update(batch.column(0).to_pylist())
         return done
@@ -70,9 +74,7 @@ def drop_error_rows(path: str | os.PathLike) -> int:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        files = [path] if path.exists() else []
-        files += sorted(parts_dir(path).glob("part-*.parquet")) if parts_dir(path).is_dir() else []
-        for file in files:
+        for file in _parquet_files(path):
             table = pq.read_table(file)
             kept = table.filter(pc.equal(pc.fill_null(table.column("error"), ""), ""))
             if kept.num_rows < table.num_rows:
@@ -208,15 +210,13 @@ class RowWriter:
         self._flush_part()
         import pyarrow.parquet as pq
 
-        leftovers = parts_dir(self.path)
-        sources = ([self.path] if self.path.exists() else []) + sorted(leftovers.glob("part-*.parquet"))
         tmp = self.path.with_name(f".{self.path.name}.merging")
         with pq.ParquetWriter(tmp, schema()) as out:
-            for source in sources:
+            for source in _parquet_files(self.path):
                 for batch in pq.ParquetFile(source).iter_batches(batch_size=8192):
                     out.write_batch(batch)
         tmp.replace(self.path)
-        shutil.rmtree(leftovers, ignore_errors=True)
+        shutil.rmtree(parts_dir(self.path), ignore_errors=True)
 
     def __enter__(self) -> RowWriter:
         return self

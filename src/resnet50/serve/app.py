@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ImageDecodeError, InvalidInputError, ResNet50Error
 from ..postprocess import postprocess
-from ..preprocess import PreprocessContext, center_crop_uint8, decode, normalize
+from ..preprocess import PreprocessContext, normalize, preprocess_one
 from . import v2
 from .batcher import Batcher, Overloaded
 from .metrics import CONTENT_TYPE, Metrics
@@ -131,9 +131,9 @@ def create_app(
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
         check_pixels(data, source, max_pixels)
-        bgr = decode(data, source)
-        crop = np.ascontiguousarray(center_crop_uint8(bgr, source).transpose(2, 0, 1))[None]
-        return (crop if model.input_dtype == np.uint8 else normalize(crop)), bgr.shape[:2]
+        crop, size = preprocess_one(data, source)
+        crop = crop[None]
+        return (crop if model.input_dtype == np.uint8 else normalize(crop)), size
 
     # --- /v1/classify ---
     @app.post("/v1/classify")
