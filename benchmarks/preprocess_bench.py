@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     import cv2
 
-    from reference import pre_process_vgg, resize_with_aspectratio
+    from reference import center_crop, pre_process_vgg, resize_with_aspectratio
     from resnet50.bench import default_images
     from resnet50.cpu import cpu_info
     from resnet50.preprocess import center_crop_uint8, decode, preprocess
@@ -62,9 +62,7 @@ def main(argv=None) -> int:
         return pre_process_vgg(cv2.imread(path))
 
     def full_resize_crop(bgr: np.ndarray) -> np.ndarray:
-        resized = resize_with_aspectratio(bgr, 224, 224, inter_pol=cv2.INTER_AREA)
-        top, left = (resized.shape[0] - 224) // 2, (resized.shape[1] - 224) // 2
-        return resized[top : top + 224, left : left + 224, ::-1]
+        return center_crop(resize_with_aspectratio(bgr, 224, 224, inter_pol=cv2.INTER_AREA), 224, 224)[..., ::-1]
 
     for path, bgr in zip(files, decoded):  # same answers first
         assert np.array_equal(preprocess(path)[0][0], reference(path)), path
