@@ -101,6 +101,44 @@ def test_bad_load_arguments():
         ResNet50.load(threads=0)
     with pytest.raises(InvalidInputError, match="spin_wait applies to the onnxruntime backend on the CPU only"):
         ResNet50.load(backend="openvino", spin_wait=True)
+    with pytest.raises(InvalidInputError, match=r"streams must be in 1..threads \(all cores\), got 0"):
+        ResNet50.load(streams=0)
+    with pytest.raises(InvalidInputError, match=r"streams must be in 1..threads \(2\), got 3"):
+        ResNet50.load(threads=2, streams=3)
+    with pytest.raises(InvalidInputError, match="streams apply to the CPU backends only"):
+        ResNet50.load(device="cuda", streams=2)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_streams_run_at_once_from_several_threads_with_the_same_answers(backend, model_fp32, varied_images):
+    """Two streams of one thread each: runs from two threads answer exactly as one stream of two."""
+    import threading
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    model = ResNet50.load(threads=2, streams=2, backend=backend)
+    assert (model.info()["streams"], model.info()["threads"]) == (2, 2)
+    if backend == "openvino":
+        assert model.backend.compiled.get_property("NUM_STREAMS") == 2
+    else:
+        assert model.backend.session.get_session_options().intra_op_num_threads == 1
+    tensor, _ = model.preprocess(varied_images[:4])
+    one_stream = model_fp32 if backend == "onnxruntime" else ResNet50.load(threads=2, backend=backend)
+    alone = model.run(tensor)["softmax_tensor:0"]
+    assert np.array_equal(alone, one_stream.run(tensor)["softmax_tensor:0"])  # bit-identical to 2 threads
+    outputs = {}
+
+    def worker(i):
+        outputs[i] = [model.run(tensor[i : i + 2])["softmax_tensor:0"] for _ in range(3)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 2):
+        for got in outputs[i]:
+            assert np.array_equal(got, alone[i : i + 2])
 
 
 @pytest.mark.parametrize("spin_wait,setting", [(False, "0"), (True, "1")])
@@ -237,3 +275,20 @@ def test_model_without_output_shapes_loads_for_every_variant(tmp_path, model_fp3
     native = ResNet50.load(model=path, use_native=True)
     images = [str(p) for p in sample_photos[:2]]
     assert native.classify(images) == model_fp32.classify(images)
+
+
+def test_stream_pool_lends_each_runner_to_one_caller_at_a_time():
+    import threading
+
+    from resnet50.runtime.base import StreamPool
+
+    pool = StreamPool(["a", "b"])
+    with pool.take() as first, pool.take() as second:
+        assert {first, second} == {"a", "b"}  # two callers compute at once, each on its own runner
+        third = []
+        waiter = threading.Thread(target=lambda: third.append(pool.take().__enter__()))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and third == []  # a third caller waits for a free stream
+    waiter.join(5)
+    assert third and third[0] in ("a", "b")

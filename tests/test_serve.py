@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -462,6 +463,8 @@ def test_sigterm_answers_every_accepted_request(model_fp32, sample_photos, tmp_p
     [
         (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
         (["--max-megapixels", "-1"], "--max-megapixels must be positive, got -1.0"),
+        (["--streams", "0"], "--streams must be at least 1, got 0"),
+        (["--port", "0", "--threads", "2", "--streams", "3"], "streams must be in 1..threads (2), got 3"),
     ],
 )
 def test_cli_refuses_bad_options_in_one_line(option, message):
@@ -600,6 +603,51 @@ def test_batcher_splits_large_requests_and_reports_failures_to_each_request():
     assert all(isinstance(f, RuntimeError) and str(f) == "stub failure" for f in failed if not isinstance(f, dict))
     assert isinstance(failed[0], RuntimeError)
     assert after["y"].tolist() == [7, 7]
+
+
+class _TwoStreamModel(_RecordingModel):
+    """Two streams; a run sleeps 0.1 s per unit of its largest row value and counts overlaps."""
+
+    backend = type("Backend", (), {"streams": 2})()
+
+    def __init__(self):
+        super().__init__()
+        self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def run(self, tensor, top_k=5):
+        with self.lock:
+            result = super().run(tensor, top_k)  # records the batch in the order the runs start
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.1 * float(tensor.max()))
+        with self.lock:
+            self.running -= 1
+        return result
+
+
+def test_batcher_with_two_streams_gives_each_idle_stream_a_share():
+    async def two(batcher):
+        assert batcher.lanes == 2
+        return await asyncio.gather(*(batcher.infer(np.full((1, 1), 2, np.float32)) for _ in range(2)))
+
+    results, model = _run_batcher(two, _TwoStreamModel(), max_batch=8, max_wait_ms=60_000)
+    assert model.batches == [1, 1] and model.most_at_once == 2  # not one batch of 2 on one stream
+    assert [r["y"].tolist() for r in results] == [[2.0], [2.0]]
+
+
+def test_batcher_with_two_streams_spreads_a_backlog_over_both():
+    async def six(batcher):
+        first = [asyncio.ensure_future(batcher.infer(np.full((1, 1), v, np.float32))) for v in (1, 5)]
+        await asyncio.sleep(0.03)  # both streams busy now, for 0.1 and 0.5 s
+        rest = await asyncio.gather(*(batcher.infer(np.full((1, 1), 0, np.float32)) for _ in range(4)))
+        return await asyncio.gather(*first), rest
+
+    (first, rest), model = _run_batcher(six, _TwoStreamModel(), max_batch=8, max_wait_ms=0)
+    # The stream free first takes half of the four waiting (not all: that batch would hold the
+    # rest hostage on one stream while the other frees), then half of what is left, and so on.
+    assert model.batches == [1, 1, 2, 1, 1]
+    assert [r["y"].tolist() for r in first] == [[1.0], [5.0]] and all(r["y"].tolist() == [0.0] for r in rest)
 
 
 def test_batcher_admission_limit():

@@ -45,6 +45,7 @@ class ResNet50:
         *,
         model: str | os.PathLike | None = None,
         threads: int | None = None,
+        streams: int = 1,
         backend: str | None = None,
         calibration: str | os.PathLike | None = None,
         spin_wait: bool = False,
@@ -58,7 +59,9 @@ class ResNet50:
         on CUDA) or "fp16" (CUDA); ``backend`` is "onnxruntime" (default), "openvino"
         (``pip install 'resnet50[openvino]'``) or "torch" (``device="cuda"``, ``resnet50[cuda]``).
         ``calibration`` is a folder of images that int8 calibrates on (default: generated photos;
-        with the real weights, MLPerf's calibration images). ``spin_wait=True`` keeps ONNX
+        with the real weights, MLPerf's calibration images). ``streams=N`` splits the threads
+        into N independent model runs that may proceed at once (``run`` from N threads): a
+        server's concurrent requests then do not wait on each other's cores. ``spin_wait=True`` keeps ONNX
         Runtime's idle inference threads busy-waiting: lower batch-1 latency when nothing else
         needs the cores (a benchmark, a LoadGen run), slower everything else when something does.
         """
@@ -70,6 +73,10 @@ class ResNet50:
             raise InvalidInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         if threads is not None and threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {threads}")
+        if streams < 1 or (threads is not None and streams > threads):
+            raise InvalidInputError(f"streams must be in 1..threads ({threads or 'all cores'}), got {streams}")
+        if streams > 1 and device == "cuda":
+            raise InvalidInputError("streams apply to the CPU backends only")
         if spin_wait and (device == "cuda" or backend not in (None, "onnxruntime") or precision == "bf16"):
             raise InvalidInputError("spin_wait applies to the onnxruntime backend on the CPU only")
         if device == "cuda":
@@ -86,7 +93,7 @@ class ResNet50:
         source = resolve(model)
         path = model_file(source, precision, use_native, calibration)
         options = {"precision": precision} if backend == "openvino" else {"spin_wait": spin_wait}
-        runtime = create_backend(backend, os.fspath(path), threads=threads, **options)
+        runtime = create_backend(backend, os.fspath(path), threads=threads, streams=streams, **options)
         check_interface(os.fspath(source.path), runtime.inputs, runtime.outputs)
         warn_if_synthetic(source)
         return cls(runtime, source, precision=precision, device=device, use_native=use_native)

@@ -13,8 +13,10 @@ def add_model_options(
     parser: argparse.ArgumentParser,
     precisions: tuple[str, ...] = ("fp32", "int8", "bf16", "fp16"),
     spin_wait: bool = False,
+    streams: bool = False,
 ) -> None:
-    """The model options; ``spin_wait`` adds ``--spin-wait`` (commands that only run the model)."""
+    """The model options; ``spin_wait`` adds ``--spin-wait`` (commands that only run the model),
+    ``streams`` adds ``--streams`` (commands that run the model from several threads)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
@@ -36,6 +38,13 @@ def add_model_options(
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
     group.add_argument("--native", action="store_true", help="fuse mean subtraction and top-k into the graph")
+    if streams:
+        group.add_argument(
+            "--streams",
+            type=int,
+            metavar="N",
+            help="split the threads into N model runs that proceed at once (default: 2, at most the threads; cuda: 1)",
+        )
     if spin_wait:
         group.add_argument(
             "--spin-wait",
@@ -59,6 +68,7 @@ def model_options(args: argparse.Namespace) -> dict:
         "backend": args.backend,
         "calibration": args.calibration,
         **({"spin_wait": args.spin_wait} if hasattr(args, "spin_wait") else {}),
+        **({"streams": args.streams} if hasattr(args, "streams") else {}),
     }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +54,13 @@ def check_interface(path: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
 
 
 class Backend(ABC):
-    """A loaded model that maps input arrays to named output arrays."""
+    """A loaded model that maps input arrays to named output arrays.
+
+    ``run`` may be called from several threads; up to ``streams`` calls compute at once
+    (each on its own share of the threads), the others wait for a free stream."""
 
     name: str = "backend"
+    streams: int = 1
 
     def __init__(self, model_path: str):
         self.model_path = model_path
@@ -69,8 +75,26 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; releases the GIL while computing."""
+        """Run one batch; releases the GIL while computing; thread-safe."""
 
     def describe(self) -> dict:
         """Facts for ``resnet50 info``."""
         return {"backend": self.name}
+
+
+class StreamPool:
+    """Lends one of a backend's runners (sessions, infer requests) per call, so that at most
+    one call uses each and at most that many model runs compute at once."""
+
+    def __init__(self, runners: Sequence):
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for runner in runners:
+            self._idle.put(runner)
+
+    @contextmanager
+    def take(self) -> Iterator:
+        runner = self._idle.get()
+        try:
+            yield runner
+        finally:
+            self._idle.put(runner)

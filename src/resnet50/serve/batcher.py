@@ -1,20 +1,21 @@
-"""Dynamic batching: concurrent requests merged into one model run, bounded admission.
+"""Dynamic batching: concurrent requests merged into model runs, bounded admission.
 
 Requests are admitted up to ``max_queue`` at a time (more get :class:`Overloaded`, which
-the server answers with 503 and ``Retry-After``). Admitted tensors wait in a queue; one
-inference thread takes the first, waits at most ``max_wait_ms`` for more (only while other
-admitted requests are still being decoded, so a lone request runs at once), runs up to
-``max_batch`` images at once and hands each request its rows. The event loop never runs
-the model (ONNX Runtime releases the GIL in the worker thread).
+the server answers with 503 and ``Retry-After``). Admitted tensors wait in one FIFO queue.
+One inference thread per model stream (``ResNet50.load(streams=N)``) takes the oldest
+waiting images: with one stream up to ``max_batch``, waiting at most ``max_wait_ms`` for
+more while admitted requests are still being decoded (a lone request runs at once); with N
+streams its 1/N share of what waits (at most ``max_batch``) at once. The event loop never
+runs the model (the backends release the GIL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,9 +43,6 @@ class _Item:
     batch_rows: int = 0
 
 
-_STOP = object()
-
-
 class Ticket:
     """One admitted request; remembers whether its images are still being prepared."""
 
@@ -64,14 +62,16 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.lanes = max(1, getattr(getattr(model, "backend", None), "streams", 1))
         self.metrics = metrics or Metrics()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._inflight = 0  # admitted requests not yet answered (touched on the event loop only)
+        self._pending: deque[_Item] = deque()  # guarded by _ready, like the counters below
+        self._ready = threading.Condition()
         self._waiting_rows = 0
+        self._stopping = False
+        self._inflight = 0  # admitted requests not yet answered (touched on the event loop only)
         self._preparing = 0  # admitted requests still being read or decoded: worth waiting for
-        self._lock = threading.Lock()
-        self._images_per_s = 0.0  # recent throughput, for Retry-After
-        self._thread: threading.Thread | None = None
+        self._images_per_s = 0.0  # recent throughput of all streams together, for Retry-After
+        self._threads: list[threading.Thread] = []
 
     # --- admission (event loop) ---
     @property
@@ -101,8 +101,13 @@ class Batcher:
 
     # --- inference ---
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="resnet50-infer", daemon=True)
-        self._thread.start()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"resnet50-infer-{lane}", daemon=True)
+            for lane in range(self.lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def infer(
         self, tensor: np.ndarray, top_k: int = 5, ticket: Ticket | None = None, timing: dict | None = None
@@ -111,16 +116,19 @@ class Batcher:
 
         ``timing``, when given, receives the ``queue`` and ``infer`` seconds and the largest
         ``batch`` its rows ran in (for the ``Server-Timing`` header)."""
-        if self._thread is None or not self._thread.is_alive():
-            raise RuntimeError("the inference thread is not running")
+        if self._stopping or not any(thread.is_alive() for thread in self._threads):
+            raise RuntimeError("the inference threads are not running")
         loop = asyncio.get_running_loop()
         self._submitted(ticket)
         items = [
             _Item(tensor[start : start + self.max_batch], top_k, loop.create_future(), loop)
             for start in range(0, len(tensor), self.max_batch)
         ]
-        for item in items:
-            self._put(item)
+        with self._ready:
+            self._pending.extend(items)
+            self._waiting_rows += len(tensor)
+            self.metrics.queue_depth.set(self._waiting_rows)
+            self._ready.notify(len(items))
         parts = await asyncio.gather(*(item.future for item in items))
         if timing is not None:  # chunks are queued together: waiting ends when the first one runs
             first_start = min(i.started_at for i in items)
@@ -131,46 +139,48 @@ class Batcher:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def _put(self, item: _Item) -> None:
-        with self._lock:
-            self._waiting_rows += len(item.tensor)
-            self.metrics.queue_depth.set(self._waiting_rows)
-        self._queue.put(item)
+    def _take(self, limit: int) -> tuple[int, int]:
+        """How many of the oldest waiting items fit in ``limit`` rows (at least one), and their rows."""
+        count = rows = 0
+        for item in self._pending:
+            if count and rows + len(item.tensor) > limit:
+                break
+            count, rows = count + 1, rows + len(item.tensor)
+        return count, rows
 
-    def _took(self, items: list[_Item]) -> None:
-        with self._lock:
-            self._waiting_rows -= sum(len(i.tensor) for i in items)
+    def _next_batch(self) -> list[_Item] | None:
+        """Block until this thread has a batch to run; None once stopping with nothing left."""
+        with self._ready:
+            deadline = None
+            while True:
+                if not self._pending:  # nothing waiting (or another stream took it meanwhile)
+                    if self._stopping:
+                        return None
+                    self._ready.wait()
+                    deadline = None
+                    continue
+                if deadline is None:
+                    deadline = time.perf_counter() + self.max_wait
+                # With N streams each takes 1/N of the waiting rows, so a backlog is spread over
+                # all of them instead of one stream running a long batch alone.
+                share = min(self.max_batch, math.ceil(self._waiting_rows / self.lanes))
+                count, rows = self._take(share)
+                full = rows >= self.max_batch or count < len(self._pending)
+                remaining = deadline - time.perf_counter()
+                # One stream waits for more while a request still being decoded could fill the
+                # batch; a lone request runs at once. Several streams never wait: the others take
+                # whatever arrives next.
+                if self.lanes > 1 or full or self._preparing <= 0 or remaining <= 0 or self._stopping:
+                    break
+                self._ready.wait(remaining)
+            items = [self._pending.popleft() for _ in range(count)]
+            self._waiting_rows -= rows
             self.metrics.queue_depth.set(self._waiting_rows)
+            return items
 
     def _loop(self) -> None:
-        carry = None
-        while True:
-            first = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is _STOP:
-                return
-            items, rows = [first], len(first.tensor)
-            deadline = time.perf_counter() + self.max_wait
-            while rows < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    # Wait for more only while admitted requests are still being decoded: an
-                    # idle server runs a lone request at once instead of waiting max_wait_ms.
-                    remaining = deadline - time.perf_counter()
-                    if self._preparing <= 0 or remaining <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if item is _STOP or rows + len(item.tensor) > self.max_batch:
-                    carry = item
-                    break
-                items.append(item)
-                rows += len(item.tensor)
-            self._took(items)
-            self._run(items, rows)
+        while (items := self._next_batch()) is not None:
+            self._run(items, sum(len(i.tensor) for i in items))
 
     def _run(self, items: list[_Item], rows: int) -> None:
         start = time.perf_counter()
@@ -183,9 +193,8 @@ class Batcher:
             return
         seconds = time.perf_counter() - start
         self.metrics.observe_batch(rows, seconds)
-        self._images_per_s = (
-            rows / seconds if not self._images_per_s else 0.8 * self._images_per_s + 0.2 * rows / seconds
-        )
+        rate = rows * self.lanes / seconds  # every stream runs at about this pace when all are busy
+        self._images_per_s = rate if not self._images_per_s else 0.8 * self._images_per_s + 0.2 * rate
         offset = 0
         for item in items:
             item.started_at, item.run_seconds, item.batch_rows = start, seconds, rows
@@ -195,11 +204,13 @@ class Batcher:
             item.loop.call_soon_threadsafe(_settle, item.future, part, None)
 
     async def stop(self) -> None:
-        """Answer everything queued, then end the inference thread."""
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        """Answer everything queued, then end the inference threads."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
 
 
 def _settle(future: asyncio.Future, result, exc: BaseException | None) -> None:

@@ -118,7 +118,7 @@ class Metrics:
         )
         self.batch_size = Histogram("resnet50_batch_size", "Images per model run", buckets=BATCH_BUCKETS)
         self.inference = Histogram("resnet50_inference_seconds", "Time of one model run (one batch)")
-        self.queue_depth = Gauge("resnet50_queue_depth", "Images waiting for the inference thread")
+        self.queue_depth = Gauge("resnet50_queue_depth", "Images waiting for an inference thread")
         self.inflight = Gauge("resnet50_inflight_requests", "Requests admitted and not yet answered")
 
     def observe_batch(self, rows: int, seconds: float) -> None:
