@@ -33,6 +33,10 @@ CONFIGS = [  # (name, bench arguments)
     ("ORT int8 infer b8", ["--mode", "infer", "--precision", "int8"]),
     ("OpenVINO bf16 infer b8", ["--mode", "infer", "--precision", "bf16", "--backend", "openvino"]),
     ("OpenVINO int8 infer b8", ["--mode", "infer", "--precision", "int8", "--backend", "openvino"]),
+    (
+        "OpenVINO int8 infer b8 2 streams",
+        ["--mode", "infer", "--precision", "int8", "--backend", "openvino", "--streams", "2"],
+    ),
     ("ORT int8 infer b1", ["--mode", "infer", "--precision", "int8", "--batch", "1"]),
     ("ORT int8 infer b1 spin-wait", ["--mode", "infer", "--precision", "int8", "--batch", "1", "--spin-wait"]),
     ("OpenVINO int8 infer b1", ["--mode", "infer", "--precision", "int8", "--batch", "1", "--backend", "openvino"]),

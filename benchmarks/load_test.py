@@ -67,14 +67,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), help="default: onnxruntime")
     p.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     p.add_argument("--streams", type=int, help="server model streams (default: the server's, 2)")
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-batch", type=int, help="default: the server's (8 with one stream, 1 with several)")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--workers", type=int, help="server decode threads (default: the server's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "load_test.json")
     args = p.parse_args(argv)
-    if args.streams is None:  # what resnet50 serve picks by default
-        args.streams = min(2, args.threads or len(os.sched_getaffinity(0)))
+    from resnet50.cli.serve import serving_defaults
+
+    args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads)
     if args.count < 1 or args.concurrency < 1 or args.duration <= 0 or not 0 < args.load <= 2:
         p.error("--count and --concurrency must be >= 1, --duration > 0, --load in (0, 2]")
     return args
@@ -164,8 +165,8 @@ def queue_floor(
     arrivals_s: np.ndarray, service_ms: dict[int, float], max_batch: int, prepare: float, lanes: int = 1
 ) -> dict:
     """Latency percentiles of an ideal server on these arrivals: each request is ready ``prepare``
-    ms after it arrives; ``lanes`` model streams run FIFO batches of what is ready by the
-    batcher's rule (at most ``max_batch``, a share while other streams are idle), taking
+    ms after it arrives; ``lanes`` model streams each run FIFO batches of what is ready by the
+    batcher's rule (one stream: up to ``max_batch``; N streams: 1/N of what waits), taking
     ``service_ms[size]``; nothing else costs time."""
     ready = np.sort(arrivals_s) * 1000 + prepare
     latency = np.empty(len(ready))
@@ -173,10 +174,8 @@ def queue_floor(
     while i < len(ready):
         lane = int(np.argmin(free))
         start = max(free[lane], ready[i])
-        idle = sum(f <= start for f in free)
         waiting = int(np.searchsorted(ready, start, side="right")) - i
-        limit = max_batch if idle <= 1 else min(max_batch, math.ceil(waiting / idle))
-        j = i + max(1, min(limit, waiting))
+        j = i + min(max_batch, math.ceil(waiting / lanes))
         free[lane] = start + service_ms[j - i]
         latency[i:j] = free[lane] - ready[i:j] + prepare
         i = j

@@ -45,3 +45,45 @@ def test_bench_bad_arguments():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("spin_wait applies to the onnxruntime backend on the CPU only")
+
+
+def test_bench_infer_keeps_every_stream_busy():
+    """With two streams, two threads call the model at once; every run's images are counted."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from resnet50.bench import bench_infer
+
+    class TwoStreams:
+        backend = type("Backend", (), {"streams": 2, "threads": 2, "name": "stub"})()
+        precision, weights, use_native = "fp32", "synthetic", False
+
+        def __init__(self):
+            self.callers: list[int] = []
+            self.lock = threading.Lock()
+
+        def preprocess(self, images):
+            return np.zeros((len(images), 3, 224, 224), np.float32), None
+
+        def run(self, tensor, top_k=5):
+            with self.lock:
+                self.callers.append(threading.get_ident())
+            time.sleep(0.01)
+
+    model = TwoStreams()
+    result = bench_infer(model, batch=3, duration=0.3, warmup=0.05)
+    assert result.streams == 2 and result.threads == 2
+    assert len(set(model.callers)) == 2  # the timed runs came from two threads
+    timed = result.images // 3
+    assert result.images % 3 == 0 and 2 <= timed < len(model.callers)  # a run per stream at least; warm-up not counted
+
+
+def test_bench_streams_are_for_inference_only():
+    cmd = [sys.executable, "-m", "resnet50", "bench", "--mode", "e2e", "--streams", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "resnet50 bench: error: --streams is for --mode infer; the e2e pipeline runs one batch at a time"
+    ]

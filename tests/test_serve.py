@@ -705,3 +705,20 @@ def test_listening_socket_disables_nagle():
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "given,want",
+    [
+        ((None, None, 4, "cpu"), (2, 1)),  # two streams of two threads, one image per run
+        ((None, None, 1, "cpu"), (1, 8)),  # one thread: one stream, batches of up to 8
+        ((None, None, None, "cuda"), (1, 8)),
+        ((1, None, 4, "cpu"), (1, 8)),
+        ((3, None, 4, "cpu"), (3, 1)),
+        ((2, 4, 4, "cpu"), (2, 4)),  # what the user says wins
+    ],
+)
+def test_serving_defaults(given, want):
+    from resnet50.cli.serve import serving_defaults
+
+    assert serving_defaults(*given) == want

@@ -24,6 +24,7 @@ class BenchResult:
     backend: str
     batch: int
     threads: int
+    streams: int
     weights: str
     native: bool
     spin_wait: bool
@@ -69,6 +70,7 @@ def _result(model, mode: str, batch: int, images: int, seconds: float, latencies
         backend=model.backend.name,
         batch=batch,
         threads=getattr(model.backend, "threads", 0),
+        streams=getattr(model.backend, "streams", 1),
         weights=model.weights,
         native=model.use_native,
         spin_wait=getattr(model.backend, "spin_wait", False),
@@ -83,19 +85,35 @@ def _result(model, mode: str, batch: int, images: int, seconds: float, latencies
 
 
 def bench_infer(model, batch: int = 8, duration: float = 10.0, warmup: float = 2.0) -> BenchResult:
-    """Inference only on one fixed preprocessed batch, repeated for ``duration`` seconds."""
+    """Inference only on one fixed preprocessed batch, repeated for ``duration`` seconds; with
+    several model streams, one calling thread per stream keeps them all busy."""
+    import threading
+
     from .samples import synthetic_batch
 
     tensor, _ = model.preprocess(synthetic_batch(batch, seed=4242))
-    deadline = time.perf_counter() + warmup
+    streams = getattr(model.backend, "streams", 1)
     model.run(tensor)
-    while time.perf_counter() < deadline:
-        model.run(tensor)
-    latencies: list[float] = []
+
+    def keep_running(until: float, latencies: list[float]) -> None:
+        while (now := time.perf_counter()) < until or not latencies:
+            model.run(tensor)
+            latencies.append(time.perf_counter() - now)
+
+    def on_every_stream(seconds: float) -> list[float]:
+        until = time.perf_counter() + seconds
+        per_stream: list[list[float]] = [[] for _ in range(streams)]
+        callers = [threading.Thread(target=keep_running, args=(until, runs)) for runs in per_stream[1:]]
+        for caller in callers:
+            caller.start()
+        keep_running(until, per_stream[0])
+        for caller in callers:
+            caller.join()
+        return [latency for runs in per_stream for latency in runs]
+
+    on_every_stream(warmup)
     start = time.perf_counter()
-    while (now := time.perf_counter()) - start < duration or not latencies:
-        model.run(tensor)
-        latencies.append(time.perf_counter() - now)
+    latencies = on_every_stream(duration)
     seconds = time.perf_counter() - start
     return _result(model, "infer", batch, batch * len(latencies), seconds, latencies)
 

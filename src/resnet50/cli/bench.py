@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="e2e: float input and Python postprocessing instead of the fused graph (the e2e default)",
     )
-    add_model_options(parser, spin_wait=True)
+    add_model_options(parser, spin_wait=True, streams=True)
     parser.set_defaults(precision="int8")  # bench measures the fast path unless told otherwise
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         files = expand_images([args.images])
         if not files:
             raise InvalidInputError(f"{args.images}: no image files found")
+    if args.streams not in (None, 1) and args.mode != "infer":
+        raise InvalidInputError("--streams is for --mode infer; the e2e pipeline runs one batch at a time")
     start = time.perf_counter()
     options = model_options(args)
     if args.mode == "e2e":  # uint8 in, top-k out: no float tensor built in Python
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     lat = result.latency_ms
     what = f"{result.mode}, {result.precision}, {result.backend}, batch {result.batch}, {result.threads} threads"
+    if result.streams > 1:
+        what += f" in {result.streams} streams"
     print(f"{result.images_per_s:.1f} images/s  ({what}, {result.weights} weights)")
     print(
         f"latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}"

@@ -43,7 +43,7 @@ def add_model_options(
             "--streams",
             type=int,
             metavar="N",
-            help="split the threads into N model runs that proceed at once (default: 2, at most the threads; cuda: 1)",
+            help="split the threads into N model runs that proceed at once (default: 1; serve: 2)",
         )
     if spin_wait:
         group.add_argument(
@@ -68,7 +68,7 @@ def model_options(args: argparse.Namespace) -> dict:
         "backend": args.backend,
         "calibration": args.calibration,
         **({"spin_wait": args.spin_wait} if hasattr(args, "spin_wait") else {}),
-        **({"streams": args.streams} if hasattr(args, "streams") else {}),
+        **({"streams": args.streams} if getattr(args, "streams", None) is not None else {}),
     }
 
 

@@ -1,7 +1,7 @@
 """Server metrics in the Prometheus text exposition format (version 0.0.4), written by hand.
 
-Counters, gauges and histograms with labels; thread-safe, because the inference thread
-records batches while the event loop records requests.
+Counters, gauges and histograms with labels; thread-safe, because the inference threads
+record batches while the event loop records requests.
 """
 
 from __future__ import annotations
