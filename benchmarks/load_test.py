@@ -8,19 +8,20 @@ same compute as MLPerf's), so the ratios hold on any machine:
 2. ``closed``: ``--concurrency`` clients posting to ``/v1/classify`` back to back, ``--count``
    requests; throughput and its ratio to the baseline (goal ≥ 0.8);
 3. ``open``: requests sent on a Poisson schedule at ``--load`` x the server's closed-loop
-   throughput (its measured capacity) for ``--duration`` s, whatever the server does; latency
-   from the scheduled send time (no coordinated omission), p50/p90/p99, errors, and lost
-   requests (goal: p99 ≤ 60 ms, 0, 0);
+   throughput (its measured capacity), or at a fixed ``--rate`` (to compare configurations),
+   for ``--duration`` s, whatever the server does; latency from the scheduled send time (no
+   coordinated omission), p50/p90/p99, errors, and lost requests (goal: p99 ≤ 60 ms, 0, 0);
 4. ``open_local`` (with ``--also-local-rate``): the same at ``--load`` x the local baseline,
    the stricter reading of the goal.
 
 Each open-loop result also carries ``floor``: the p50/p90/p99 that an ideal server (zero
-overhead, FIFO, the batcher's rules) would reach on that very arrival schedule with the
-model's own per-batch run times, measured here in isolation. It shows how much of the tail
-is queueing that no server code can remove on these cores.
+overhead, FIFO, the batcher's rules, as many model streams) would reach on that very arrival
+schedule with the model's own per-batch run times, measured here in isolation. It shows how
+much of the tail is queueing that no server code can remove on these cores.
 
 The server is started here (``python -m resnet50 serve`` on 127.0.0.1, a free port) with the
-same model options, and stopped with SIGTERM at the end. Everything is bounded: request
+same model options and serve's own defaults for ``--streams`` and ``--max-batch`` unless they
+are given, and stopped with SIGTERM at the end. Everything is bounded: request
 count, duration, per-request timeout. Writes ``benchmarks/results/load_test.json`` and a PNG.
 
     python benchmarks/load_test.py --count 400 --duration 60 --also-local-rate   # README figures
@@ -31,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,15 @@ def queue_floor(
     return {k: v for k, v in percentiles(list(latency / 1000)).items() if k != "max_ms"}
 
 
+def _event_loop_factory():
+    """uvloop when installed (the serve extra brings it): less load-generator CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 class Server:
     """``resnet50 serve`` on 127.0.0.1 and a free port, stderr in a temp file."""
 
@@ -210,29 +220,25 @@ class Server:
             return self.proc.wait()
 
 
-async def wait_ready(client, url: str) -> None:
-    import httpx
-
+async def wait_ready(client) -> None:
     for _ in range(600):
         try:
-            if (await client.get(f"{url}/v2/health/ready")).status_code == 200:
+            if (await client.get("/v2/health/ready")).status_code == 200:
                 return
-        except httpx.TransportError:
+        except ConnectionError:
             pass
         await asyncio.sleep(0.1)
     raise SystemExit("server never became ready")
 
 
-async def post(client, url: str, body: bytes, timeout: float) -> tuple[str, dict | None]:
+async def post(client, body: bytes, timeout: float) -> tuple[str, dict | None]:
     """One classify request: ("ok"|"error"|"lost", the JSON answer)."""
-    import httpx
-
     try:
-        response = await asyncio.wait_for(client.post(f"{url}/v1/classify", content=body), timeout)
-    except (asyncio.TimeoutError, httpx.TransportError):
+        response = await asyncio.wait_for(client.post("/v1/classify", body), timeout)
+    except (asyncio.TimeoutError, ConnectionError):
         return "lost", None
     try:
-        answer = response.json()
+        answer = json.loads(response.content)
     except ValueError:  # not JSON: a server fault, counted as an error, never an aborted run
         return "error", None
     ok = response.status_code == 200 and "predictions" in answer
@@ -248,7 +254,7 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return {**found, **({"batch": int(batch.group(1))} if batch else {})}
 
 
-async def closed_loop(client, url: str, bodies: list[bytes], args) -> dict:
+async def closed_loop(client, bodies: list[bytes], args) -> dict:
     """``concurrency`` clients, each sending its next request when the last one is answered."""
     latencies: list[float] = []
     outcomes: dict[str, int] = {"ok": 0, "error": 0, "lost": 0}
@@ -257,7 +263,7 @@ async def closed_loop(client, url: str, bodies: list[bytes], args) -> dict:
     async def client_loop():
         for i in next_index:
             start = time.perf_counter()
-            outcome, _ = await post(client, url, bodies[i % len(bodies)], args.timeout)
+            outcome, _ = await post(client, bodies[i % len(bodies)], args.timeout)
             latencies.append(time.perf_counter() - start)
             outcomes[outcome] += 1
 
@@ -274,7 +280,7 @@ async def closed_loop(client, url: str, bodies: list[bytes], args) -> dict:
     }
 
 
-async def open_loop(client, url: str, bodies: list[bytes], rate: float, args) -> dict:
+async def open_loop(client, bodies: list[bytes], rate: float, args) -> dict:
     """Poisson arrivals at ``rate``/s for ``duration`` s; latency counted from the scheduled time."""
     rng = np.random.default_rng(args.seed)
     schedule = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * args.duration * 1.5) + 16))
@@ -284,12 +290,14 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, args) ->
     stages: list[dict[str, float]] = []  # its Server-Timing header
 
     async def one(i: int, at: float, t0: float):
-        outcome, answer = await post(client, url, bodies[i % len(bodies)], args.timeout)
+        outcome, answer = await post(client, bodies[i % len(bodies)], args.timeout)
         records.append((at, time.perf_counter() - (t0 + at), outcome))
         if outcome == "ok":
             server_side.append(answer["latency_ms"] / 1000)
             stages.append(answer["timing"])
 
+    gc.collect()
+    gc.disable()  # a collection here would delay sends by up to ~45 ms and count against the server
     t0 = time.perf_counter()
     tasks = []
     for i, at in enumerate(schedule):
@@ -298,6 +306,7 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, args) ->
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, float(at), t0)))
     await asyncio.gather(*tasks)
+    gc.enable()
     ok = [lat for _, lat, outcome in records if outcome == "ok"]
     outcomes = {k: sum(o == k for *_, o in records) for k in ("ok", "error", "lost")}
     return {
@@ -358,41 +367,36 @@ def batch_stats(metrics_text: str) -> dict:
 
 
 async def serve_and_load(args, bodies: list[bytes], base: dict, log_dir: Path) -> dict:
-    import httpx
+    from http_client import LoopbackClient
 
     server = Server(args, log_dir)
+    client = LoopbackClient(server.url)
     try:
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-        # TCP_NODELAY as curl and Triton's perf_analyzer set it: without it httpx's separate header
-        # and body writes meet the server's delayed ACK and every request waits ~40 ms more.
-        transport = httpx.AsyncHTTPTransport(
-            limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-        )
-        async with httpx.AsyncClient(timeout=args.timeout, transport=transport) as client:
-            await wait_ready(client, server.url)
-            for body in bodies[: args.max_batch]:  # warm-up
-                await post(client, server.url, body, args.timeout)
-            print(f"closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
-            closed = await closed_loop(client, server.url, bodies, args)
-            rates = {"open": args.rate or args.load * closed["images_per_s"]}
-            if args.also_local_rate:
-                rates["open_local"] = args.load * base["images_per_s"]
-            opened = {}
-            for name, rate in rates.items():
-                print(f"{name}: {rate:.1f} req/s for {args.duration:g} s ...", file=sys.stderr)
-                before = batch_stats((await client.get(f"{server.url}/metrics")).text)
-                cpu_before = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
-                result = await open_loop(client, server.url, bodies, rate, args)
-                cpu_after = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
-                after = batch_stats((await client.get(f"{server.url}/metrics")).text)
-                result["batching"] = batch_delta(before, after)
-                result["cpu_share"] = cpu_share(cpu_before, cpu_after)
-                schedule = result.pop("schedule")
-                service = base.get("stream_service_ms", base["service_ms"])
-                result["floor"] = queue_floor(schedule, service, args.max_batch, base["prepare_ms"], args.streams)
-                result["inference_per_batch"] = inference_slowdown(result.pop("stages"), service)
-                opened[name] = result
+        await wait_ready(client)
+        for body in bodies[: args.max_batch]:  # warm-up
+            await post(client, body, args.timeout)
+        print(f"closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
+        closed = await closed_loop(client, bodies, args)
+        rates = {"open": args.rate or args.load * closed["images_per_s"]}
+        if args.also_local_rate:
+            rates["open_local"] = args.load * base["images_per_s"]
+        opened = {}
+        for name, rate in rates.items():
+            print(f"{name}: {rate:.1f} req/s for {args.duration:g} s ...", file=sys.stderr)
+            before = batch_stats((await client.get("/metrics")).content.decode())
+            cpu_before = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
+            result = await open_loop(client, bodies, rate, args)
+            cpu_after = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
+            after = batch_stats((await client.get("/metrics")).content.decode())
+            result["batching"] = batch_delta(before, after)
+            result["cpu_share"] = cpu_share(cpu_before, cpu_after)
+            schedule = result.pop("schedule")
+            service = base.get("stream_service_ms", base["service_ms"])
+            result["floor"] = queue_floor(schedule, service, args.max_batch, base["prepare_ms"], args.streams)
+            result["inference_per_batch"] = inference_slowdown(result.pop("stages"), service)
+            opened[name] = result
     finally:
+        await client.aclose()
         code = server.stop()
     return {"closed": closed, **opened, "server_exit_code": code, "server_url": server.url}
 
@@ -448,7 +452,8 @@ def plot(result: dict, path: Path) -> None:
         ax2.axhline(opened["p99_ms"], color="#101828", ls=":", lw=1, label=f"p99 {opened['p99_ms']:.1f} ms")
     ax2.set_xlabel("scheduled send time (s)")
     ax2.set_ylabel("latency (ms)")
-    ax2.set_title(f"open loop, {opened['rate_per_s']:.1f} req/s Poisson (0.5 x serve capacity)")
+    how = "fixed --rate" if result["config"]["rate"] else f"{result['config']['load']:g} x serve capacity"
+    ax2.set_title(f"open loop, {opened['rate_per_s']:.1f} req/s Poisson ({how})")
     ax2.legend(fontsize=8, loc="upper right")
     colors = {"open": "#3e6ae1", "open_local": "#f79009"}
     for name in OPEN_RUNS:
@@ -468,7 +473,8 @@ def plot(result: dict, path: Path) -> None:
     cfg = result["config"]
     fig.suptitle(
         f"resnet50 serve on {result['machine']['cpus']} CPUs, {cfg['precision']} {cfg['backend'] or 'onnxruntime'}, "
-        f"weights: {result['weights']}, max batch {cfg['max_batch']}, max wait {cfg['max_wait_ms']:g} ms",
+        f"weights: {result['weights']}, {cfg['streams']} model streams, max batch {cfg['max_batch']}, "
+        f"max wait {cfg['max_wait_ms']:g} ms",
         fontsize=10,
     )
     fig.tight_layout()
@@ -487,8 +493,8 @@ def main(argv=None) -> int:
     print(f"baseline: classify_stream over {len(paths)} images ...", file=sys.stderr)
     base = baseline(args, paths)
     print(f"baseline: {base['images_per_s']:.1f} images/s", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        served = asyncio.run(serve_and_load(args, bodies, base, Path(tmp)))
+    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        served = runner.run(serve_and_load(args, bodies, base, Path(tmp)))
     closed = served["closed"]
     ratio = closed["images_per_s"] / base["images_per_s"]
     goals = {"closed_ratio_at_least_0.8": ratio >= GOAL_RATIO, "open_at_least_60s": args.duration >= 60}

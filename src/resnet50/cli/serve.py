@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import ipaddress
 import socket
 import sys
@@ -139,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
             f"resnet50 serve: warning: bound to {host}, not loopback: other machines can reach this server",
             file=sys.stderr,
         )
+    # Everything loaded so far lives as long as the server: out of the collector's sight, a
+    # full collection under load scans only what requests create (one took 32 ms before).
+    gc.collect()
+    gc.freeze()
     _draining_server(config).run(sockets=[sock])
     return 0
 
