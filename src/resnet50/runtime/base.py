@@ -60,6 +60,7 @@ class Backend(ABC):
     (each on its own share of the threads), the others wait for a free stream."""
 
     name: str = "backend"
+    threads: int = 1
     streams: int = 1
 
     def __init__(self, model_path: str):
@@ -80,6 +81,10 @@ class Backend(ABC):
     def describe(self) -> dict:
         """Facts for ``resnet50 info``."""
         return {"backend": self.name}
+
+    def _cpu_facts(self, version: str) -> dict:
+        """What a CPU backend's ``describe`` starts with."""
+        return {"backend": self.name, "backend_version": version, "threads": self.threads, "streams": self.streams}
 
 
 class StreamPool:

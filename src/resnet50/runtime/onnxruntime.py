@@ -84,10 +84,4 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {
-            "backend": self.name,
-            "backend_version": ort.__version__,
-            "threads": self.threads,
-            "streams": self.streams,
-            "spin_wait": self.spin_wait,
-        }
+        return {**self._cpu_facts(ort.__version__), "spin_wait": self.spin_wait}

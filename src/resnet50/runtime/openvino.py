@@ -72,9 +72,4 @@ class OpenVinoBackend(Backend):
     def describe(self) -> dict:
         import openvino as ov
 
-        return {
-            "backend": self.name,
-            "backend_version": ov.__version__,
-            "threads": self.threads,
-            "streams": self.streams,
-        }
+        return self._cpu_facts(ov.__version__)
