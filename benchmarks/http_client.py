@@ -3,8 +3,8 @@
 The load generator shares the server's cores, so every millisecond it spends per request
 is taken from the server: httpx spent ~2.8 ms of CPU per request here (0.10 cores at 36
 req/s). This client does only what a load test needs (one request per connection at a
-time, ``Content-Length`` bodies, TCP_NODELAY as curl and Triton's perf_analyzer set it)
-on asyncio streams.
+time, TCP_NODELAY as curl and Triton's perf_analyzer set it) on asyncio streams. It reads
+``Content-Length`` bodies only: no HEAD, 204 or chunked answers (``serve`` sends none).
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ class LoopbackClient:
 
     async def request(self, method: str, path: str, body: bytes = b"") -> Response:
         """One request on an idle connection (or a new one); a broken one raises ConnectionError."""
-        reader, writer = self._reusable() or await self._connect()
+        try:
+            reader, writer = self._reusable() or await self._connect()
+        except OSError as exc:  # refused, or out of file descriptors
+            raise ConnectionError(f"{method} {path}: cannot connect: {exc!r}") from None
         try:
             head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n\r\n"
             writer.write(head.encode("latin-1") + body)
@@ -61,19 +64,18 @@ class LoopbackClient:
                 if line:
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
-            if "content-length" not in headers:
-                raise ConnectionError(f"response without Content-Length: {status_line}")
+            status = int(status_line.split(" ", 2)[1])
             content = await reader.readexactly(int(headers["content-length"]))
         except BaseException as exc:
             writer.close()
-            if isinstance(exc, (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError)):
+            if isinstance(exc, (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, ValueError, KeyError)):
                 raise ConnectionError(f"{method} {path}: {exc!r}") from None
             raise
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
             self._idle.append((reader, writer, time.monotonic()))
-        return Response(int(status_line.split(" ", 2)[1]), headers, content)
+        return Response(status, headers, content)
 
     async def post(self, path: str, body: bytes) -> Response:
         return await self.request("POST", path, body)

@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads)
     if args.count < 1 or args.concurrency < 1 or args.duration <= 0 or not 0 < args.load <= 2:
         p.error("--count and --concurrency must be >= 1, --duration > 0, --load in (0, 2]")
+    if (args.rate is not None and args.rate <= 0) or args.streams < 1 or args.max_batch < 1:
+        p.error("--rate must be > 0, --streams and --max-batch >= 1")
     return args
 
 
@@ -183,13 +185,13 @@ def queue_floor(
     return {k: v for k, v in percentiles(list(latency / 1000)).items() if k != "max_ms"}
 
 
-def _event_loop_factory():
+def use_uvloop() -> None:
     """uvloop when installed (the serve extra brings it): less load-generator CPU per request."""
     try:
         import uvloop
     except ImportError:
-        return None
-    return uvloop.new_event_loop
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 class Server:
@@ -373,8 +375,8 @@ async def serve_and_load(args, bodies: list[bytes], base: dict, log_dir: Path) -
     client = LoopbackClient(server.url)
     try:
         await wait_ready(client)
-        for body in bodies[: args.max_batch]:  # warm-up
-            await post(client, body, args.timeout)
+        warm = bodies[: 2 * max(args.max_batch, args.streams)]  # concurrent, so every stream runs
+        await asyncio.gather(*(post(client, body, args.timeout) for body in warm))
         print(f"closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
         closed = await closed_loop(client, bodies, args)
         rates = {"open": args.rate or args.load * closed["images_per_s"]}
@@ -493,8 +495,9 @@ def main(argv=None) -> int:
     print(f"baseline: classify_stream over {len(paths)} images ...", file=sys.stderr)
     base = baseline(args, paths)
     print(f"baseline: {base['images_per_s']:.1f} images/s", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
-        served = runner.run(serve_and_load(args, bodies, base, Path(tmp)))
+    use_uvloop()
+    with tempfile.TemporaryDirectory() as tmp:
+        served = asyncio.run(serve_and_load(args, bodies, base, Path(tmp)))
     closed = served["closed"]
     ratio = closed["images_per_s"] / base["images_per_s"]
     goals = {"closed_ratio_at_least_0.8": ratio >= GOAL_RATIO, "open_at_least_60s": args.duration >= 60}

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     import openvino as ov
 
-    from resnet50.runtime.onnxruntime import physical_cores
+    from resnet50.cpu import physical_cores
     from resnet50.variants import model_file
     from resnet50.weights import resolve
 

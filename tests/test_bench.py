@@ -48,11 +48,12 @@ def test_bench_bad_arguments():
 
 
 def test_bench_infer_keeps_every_stream_busy():
-    """With two streams, two threads call the model at once; every run's images are counted."""
+    """With two streams, two threads call the model at once; a failing stream fails the bench."""
     import threading
     import time
 
     import numpy as np
+    import pytest
 
     from resnet50.bench import bench_infer
 
@@ -60,8 +61,9 @@ def test_bench_infer_keeps_every_stream_busy():
         backend = type("Backend", (), {"streams": 2, "threads": 2, "name": "stub"})()
         precision, weights, use_native = "fp32", "synthetic", False
 
-        def __init__(self):
-            self.callers: list[int] = []
+        def __init__(self, fail_after: int | None = None):
+            self.runs = self.running = self.most_at_once = 0
+            self.fail_after = fail_after
             self.lock = threading.Lock()
 
         def preprocess(self, images):
@@ -69,15 +71,23 @@ def test_bench_infer_keeps_every_stream_busy():
 
         def run(self, tensor, top_k=5):
             with self.lock:
-                self.callers.append(threading.get_ident())
+                self.runs += 1
+                if self.fail_after is not None and self.runs > self.fail_after:
+                    raise RuntimeError("stream broke")
+                self.running += 1
+                self.most_at_once = max(self.most_at_once, self.running)
             time.sleep(0.01)
+            with self.lock:
+                self.running -= 1
 
     model = TwoStreams()
     result = bench_infer(model, batch=3, duration=0.3, warmup=0.05)
     assert result.streams == 2 and result.threads == 2
-    assert len(set(model.callers)) == 2  # the timed runs came from two threads
+    assert model.most_at_once == 2  # both streams computed at the same time
     timed = result.images // 3
-    assert result.images % 3 == 0 and 2 <= timed < len(model.callers)  # a run per stream at least; warm-up not counted
+    assert result.images % 3 == 0 and 2 <= timed < model.runs  # warm-up runs are not counted
+    with pytest.raises(RuntimeError, match="stream broke"):
+        bench_infer(TwoStreams(fail_after=20), batch=1, duration=0.5, warmup=0.0)
 
 
 def test_bench_streams_are_for_inference_only():

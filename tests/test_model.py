@@ -101,29 +101,32 @@ def test_bad_load_arguments():
         ResNet50.load(threads=0)
     with pytest.raises(InvalidInputError, match="spin_wait applies to the onnxruntime backend on the CPU only"):
         ResNet50.load(backend="openvino", spin_wait=True)
-    with pytest.raises(InvalidInputError, match=r"streams must be in 1..threads \(all cores\), got 0"):
+    with pytest.raises(InvalidInputError, match=r"streams must be in 1..threads \(\d+\), got 0"):
         ResNet50.load(streams=0)
+    with pytest.raises(InvalidInputError, match=r"streams must be in 1..threads \(\d+\), got 999"):
+        ResNet50.load(streams=999)  # more than the cores, when threads are not given
     with pytest.raises(InvalidInputError, match=r"streams must be in 1..threads \(2\), got 3"):
         ResNet50.load(threads=2, streams=3)
     with pytest.raises(InvalidInputError, match="streams apply to the CPU backends only"):
         ResNet50.load(device="cuda", streams=2)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_streams_run_at_once_from_several_threads_with_the_same_answers(backend, model_fp32, varied_images):
+def test_streams_run_at_once_from_several_threads_with_the_same_answers(backend, precision, varied_images):
     """Two streams of one thread each: runs from two threads answer exactly as one stream of two."""
     import threading
 
     if backend == "openvino":
         pytest.importorskip("openvino")
-    model = ResNet50.load(threads=2, streams=2, backend=backend)
+    model = ResNet50.load(precision=precision, threads=2, streams=2, backend=backend)
     assert (model.info()["streams"], model.info()["threads"]) == (2, 2)
     if backend == "openvino":
         assert model.backend.compiled.get_property("NUM_STREAMS") == 2
     else:
         assert model.backend.session.get_session_options().intra_op_num_threads == 1
     tensor, _ = model.preprocess(varied_images[:4])
-    one_stream = model_fp32 if backend == "onnxruntime" else ResNet50.load(threads=2, backend=backend)
+    one_stream = ResNet50.load(precision=precision, threads=2, backend=backend)
     alone = model.run(tensor)["softmax_tensor:0"]
     assert np.array_equal(alone, one_stream.run(tensor)["softmax_tensor:0"])  # bit-identical to 2 threads
     outputs = {}
@@ -292,3 +295,20 @@ def test_stream_pool_lends_each_runner_to_one_caller_at_a_time():
         assert waiter.is_alive() and third == []  # a third caller waits for a free stream
     waiter.join(5)
     assert third and third[0] in ("a", "b")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_streams_report_the_threads_they_run(backend):
+    """An uneven split keeps every thread (ONNX Runtime: sessions of 2 and 1); OpenVINO reports
+    what it compiled, which it caps at the cores."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    model = ResNet50.load(threads=3, streams=2, backend=backend)
+    if backend == "onnxruntime":
+        sessions = model.backend._pool.runners
+        assert sorted(s.get_session_options().intra_op_num_threads for s in sessions) == [1, 2]
+        assert model.info()["threads"] == 3
+    else:
+        compiled = model.backend.compiled
+        assert model.info()["threads"] == compiled.get_property("INFERENCE_NUM_THREADS")
+        assert model.info()["streams"] == compiled.get_property("NUM_STREAMS") == 2

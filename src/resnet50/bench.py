@@ -103,12 +103,24 @@ def bench_infer(model, batch: int = 8, duration: float = 10.0, warmup: float = 2
     def on_every_stream(seconds: float) -> list[float]:
         until = time.perf_counter() + seconds
         per_stream: list[list[float]] = [[] for _ in range(streams)]
-        callers = [threading.Thread(target=keep_running, args=(until, runs)) for runs in per_stream[1:]]
-        for caller in callers:
-            caller.start()
-        keep_running(until, per_stream[0])
-        for caller in callers:
-            caller.join()
+        failures: list[BaseException] = []
+
+        def caller(runs: list[float]) -> None:
+            try:
+                keep_running(until, runs)
+            except BaseException as exc:  # raised again below: a failing stream fails the bench
+                failures.append(exc)
+
+        callers = [threading.Thread(target=caller, args=(runs,)) for runs in per_stream[1:]]
+        for thread in callers:
+            thread.start()
+        try:
+            keep_running(until, per_stream[0])
+        finally:
+            for thread in callers:
+                thread.join()
+        if failures:
+            raise failures[0]
         return [latency for runs in per_stream for latency in runs]
 
     on_every_stream(warmup)

@@ -9,6 +9,14 @@ from functools import lru_cache
 _FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
+def physical_cores() -> int:
+    """Cores this process may use (affinity-aware); ONNX Runtime's default is the same count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 @lru_cache(maxsize=1)
 def cpu_info() -> dict:
     """Model name, usable cores and the inference-relevant instruction sets."""
@@ -25,5 +33,4 @@ def cpu_info() -> dict:
                     break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"name": name, "cores": cores, "features": [f for f in _FEATURES if f in flags]}
+    return {"name": name, "cores": physical_cores(), "features": [f for f in _FEATURES if f in flags]}

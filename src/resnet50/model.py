@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .constants import INPUT_NAME, INPUT_SIZE, NUM_CLASSES, TOPK_INPUT, UINT8_INPUT_NAME
+from .cpu import physical_cores
 from .errors import InvalidInputError
 from .postprocess import Classification, postprocess
 from .preprocess import ImageInput, PreprocessContext, preprocess
@@ -73,8 +74,8 @@ class ResNet50:
             raise InvalidInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         if threads is not None and threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {threads}")
-        if streams < 1 or (threads is not None and streams > threads):
-            raise InvalidInputError(f"streams must be in 1..threads ({threads or 'all cores'}), got {streams}")
+        if not 1 <= streams <= (threads or physical_cores()):
+            raise InvalidInputError(f"streams must be in 1..threads ({threads or physical_cores()}), got {streams}")
         if streams > 1 and device == "cuda":
             raise InvalidInputError("streams apply to the CPU backends only")
         if spin_wait and (device == "cuda" or backend not in (None, "onnxruntime") or precision == "bf16"):

@@ -13,7 +13,7 @@ from .common import add_model_options
 
 _TUNING = [  # (flag, type, default, metavar, help) of the batching, limit and shutdown options
     ("--max-batch", int, None, "B", "images per model run (default: 8 with one stream, 1 with several)"),
-    ("--max-wait-ms", float, 5.0, "MS", "how long a batch waits to fill (default 5)"),
+    ("--max-wait-ms", float, 5.0, "MS", "one stream: how long a batch waits to fill (default 5)"),
     ("--max-queue", int, 64, "N", "requests in flight at once; more get 503 with Retry-After (default 64)"),
     ("--max-body-mb", float, 32.0, "MB", "largest request body; more get 413 (default 32)"),
     ("--max-megapixels", float, 100.0, "MP", "largest image a request may declare; more get 413 (default 100)"),
@@ -65,7 +65,7 @@ def serving_defaults(
     decoding or HTTP work preempts either thread, and a 1-thread stream gains ~10% at most
     from batches, while a batch makes its first image wait for the last (load test, 36 req/s:
     p99 88-102 ms against 134-246 ms for one stream with batches of up to 8)."""
-    from ..runtime.onnxruntime import physical_cores
+    from ..cpu import physical_cores
 
     if streams is None:
         streams = 1 if device == "cuda" else min(2, threads or physical_cores())

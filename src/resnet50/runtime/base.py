@@ -92,6 +92,7 @@ class StreamPool:
     one call uses each and at most that many model runs compute at once."""
 
     def __init__(self, runners: Sequence):
+        self.runners = tuple(runners)
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         for runner in runners:
             self._idle.put(runner)

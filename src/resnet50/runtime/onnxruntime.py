@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ..cpu import physical_cores
 from ..errors import ModelFileError
 from .base import Backend, StreamPool, TensorSpec
 
@@ -15,14 +14,6 @@ _ORT_TYPES = {
     "tensor(int64)": "int64",
     "tensor(float16)": "float16",
 }
-
-
-def physical_cores() -> int:
-    """Cores this process may use (affinity-aware); ONNX Runtime's default is the same count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class OnnxRuntimeBackend(Backend):
@@ -39,22 +30,14 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         super().__init__(model_path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        per_stream = max(1, (threads or physical_cores()) // streams)  # one session per stream
-        self.threads, self.streams = per_stream * streams, streams
-        options.intra_op_num_threads = per_stream
-        options.inter_op_num_threads = 1
-        # By default idle inference threads sleep instead of spinning: spinning bought no
-        # throughput (int8 batch 8: 85-88 img/s either way) but took the cores that decode
-        # threads and a server's event loop need (open-loop p99 236 -> 135 ms in one load test).
-        # A process that only runs the model gains batch-1 latency from it (int8 p50 16.6 -> 15.3 ms).
+        self.threads, self.streams = threads or physical_cores(), streams
         self.spin_wait = spin_wait
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+        # One session per stream; an uneven split gives the first sessions one thread more.
+        shares = [max(1, self.threads // streams + (i < self.threads % streams)) for i in range(streams)]
         try:
             sessions = [
-                ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"]) for _ in range(streams)
+                ort.InferenceSession(model_path, self._options(share), providers=["CPUExecutionProvider"])
+                for share in shares
             ]
         except Exception as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -64,6 +47,21 @@ class OnnxRuntimeBackend(Backend):
         self.session = sessions[0]
         self._pool = StreamPool(sessions)
         self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _options(self, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # By default idle inference threads sleep instead of spinning: spinning bought no
+        # throughput (int8 batch 8: 85-88 img/s either way) but took the cores that decode
+        # threads and a server's event loop need (open-loop p99 236 -> 135 ms in one load test).
+        # A process that only runs the model gains batch-1 latency from it (int8 p50 16.6 -> 15.3 ms).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin_wait else "0")
+        return options
 
     @staticmethod
     def _specs(values) -> list[TensorSpec]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cpu import physical_cores
 from ..errors import BackendUnavailableError, ModelFileError
 from .base import Backend, StreamPool, TensorSpec
-from .onnxruntime import physical_cores
 
 _OV_TYPES = {"f32": "float32", "u8": "uint8", "i64": "int64", "f16": "float16"}
 
@@ -44,7 +44,10 @@ class OpenVinoBackend(Backend):
         except RuntimeError as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{model_path}: OpenVINO could not read the model: {first_line}") from None
-        self._pool = StreamPool([self.compiled.create_infer_request() for _ in range(streams)])
+        # OpenVINO caps both at what the CPU has: report what it actually runs.
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self._pool = StreamPool([self.compiled.create_infer_request() for _ in range(self.streams)])
         self._outputs = [port.get_any_name() for port in self.compiled.outputs]
 
     @staticmethod

@@ -95,7 +95,10 @@ class Batcher:
 
     def release(self, ticket: Ticket) -> None:
         """The request of ``ticket`` is answered (or failed)."""
-        self._submitted(ticket)
+        if ticket.preparing:  # it failed before submitting: a batch waiting for it need not
+            self._submitted(ticket)
+            with self._ready:
+                self._ready.notify_all()
         self._inflight -= 1
         self.metrics.inflight.set(self._inflight)
 
