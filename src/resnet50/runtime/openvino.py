@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..cpu import physical_cores
 from ..errors import BackendUnavailableError, ModelFileError
 from .base import Backend, StreamPool, TensorSpec
+
+# OpenVINO's Python layer initialises C++ function statics on the first infer of the process
+# (Type.to_dtype), running Python code inside them. Two threads doing their first infer at
+# once can deadlock there (one holds the static, the other the GIL): a server's two streams
+# did. So the process's first infer runs alone.
+_FIRST_INFER = threading.Lock()
+_warmed_up = threading.Event()
 
 _OV_TYPES = {"f32": "float32", "u8": "uint8", "i64": "int64", "f16": "float16"}
 
@@ -69,7 +78,12 @@ class OpenVinoBackend(Backend):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._pool.take() as request:
-            results = request.infer(feeds, share_inputs=True)
+            if _warmed_up.is_set():
+                results = request.infer(feeds, share_inputs=True)
+            else:
+                with _FIRST_INFER:
+                    results = request.infer(feeds, share_inputs=True)
+                    _warmed_up.set()
             return {name: np.array(results[port]) for name, port in zip(self._outputs, self.compiled.outputs)}
 
     def describe(self) -> dict:
