@@ -97,12 +97,20 @@ def server_options(args) -> list[str]:
     return [*model_options(args), "--streams", str(args.streams)]
 
 
+def load_model(args, streams: int = 1):
+    """The model as the server loads it (``streams=1``: as ``bench --mode e2e`` does)."""
+    from resnet50 import ResNet50
+
+    return ResNet50.load(
+        precision=args.precision, use_native=args.native, threads=args.threads, backend=args.backend, streams=streams
+    )
+
+
 def baseline(args, paths: list[str]) -> dict:
     """In-process end-to-end throughput: files in, labels out, decode overlapped with inference."""
-    from resnet50 import ResNet50
     from resnet50.pipeline import classify_stream
 
-    model = ResNet50.load(precision=args.precision, use_native=args.native, threads=args.threads, backend=args.backend)
+    model = load_model(args)
     batch = args.baseline_batch
     list(classify_stream(model, paths[:batch], batch_size=batch))  # warm-up
     start = time.perf_counter()
@@ -140,16 +148,7 @@ def service_times(model, paths: list[str], max_batch: int, repeats: int = 8) -> 
 
 def stream_service_times(args, paths: list[str]) -> dict[int, float]:
     """Per-batch ms of one of the server's streams (``--streams``), the others idle."""
-    from resnet50 import ResNet50
-
-    model = ResNet50.load(
-        precision=args.precision,
-        use_native=args.native,
-        threads=args.threads,
-        backend=args.backend,
-        streams=args.streams,
-    )
-    return service_times(model, paths, args.max_batch)
+    return service_times(load_model(args, args.streams), paths, args.max_batch)
 
 
 def prepare_ms(paths: list[str]) -> float:

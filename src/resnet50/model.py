@@ -62,9 +62,10 @@ class ResNet50:
         ``calibration`` is a folder of images that int8 calibrates on (default: generated photos;
         with the real weights, MLPerf's calibration images). ``streams=N`` splits the threads
         into N independent model runs that may proceed at once (``run`` from N threads): a
-        server's concurrent requests then do not wait on each other's cores. ``spin_wait=True`` keeps ONNX
-        Runtime's idle inference threads busy-waiting: lower batch-1 latency when nothing else
-        needs the cores (a benchmark, a LoadGen run), slower everything else when something does.
+        server's concurrent requests then do not wait on each other's cores. ``spin_wait=True``
+        keeps ONNX Runtime's idle inference threads busy-waiting: lower batch-1 latency when
+        nothing else needs the cores (a benchmark, a LoadGen run), slower everything else when
+        something does.
         """
         from .variants import model_file
 
@@ -74,8 +75,9 @@ class ResNet50:
             raise InvalidInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         if threads is not None and threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {threads}")
-        if not 1 <= streams <= (threads or physical_cores()):
-            raise InvalidInputError(f"streams must be in 1..threads ({threads or physical_cores()}), got {streams}")
+        most_streams = threads or physical_cores()
+        if not 1 <= streams <= most_streams:
+            raise InvalidInputError(f"streams must be in 1..threads ({most_streams}), got {streams}")
         if streams > 1 and device == "cuda":
             raise InvalidInputError("streams apply to the CPU backends only")
         if spin_wait and (device == "cuda" or backend not in (None, "onnxruntime") or precision == "bf16"):

@@ -63,8 +63,9 @@ def serving_defaults(
 
     Two streams of half the threads each, one image per run: a 2-thread run stalls whenever
     decoding or HTTP work preempts either thread, and a 1-thread stream gains ~10% at most
-    from batches, while a batch makes its first image wait for the last (load test, 36 req/s:
-    p99 88-102 ms against 134-246 ms for one stream with batches of up to 8)."""
+    from batches, while a batch makes its first image wait for the last
+    (``benchmarks/serve_configs.py``, 36 req/s: p99 81-84 ms against 127-364 ms for one stream
+    with batches of up to 8)."""
     from ..cpu import physical_cores
 
     if streams is None:

@@ -35,12 +35,10 @@ class OpenVinoBackend(Backend):
         from ..weights import cache_dir
 
         super().__init__(model_path)
-        self.threads = max(threads or physical_cores(), streams)
-        self.streams = streams
         self.precision = precision
         core = ov.Core()
         config = {
-            "INFERENCE_NUM_THREADS": self.threads,
+            "INFERENCE_NUM_THREADS": max(threads or physical_cores(), streams),
             "NUM_STREAMS": streams,  # OpenVINO splits the threads between the streams
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
