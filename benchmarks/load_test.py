@@ -97,12 +97,17 @@ def server_options(args) -> list[str]:
     return [*model_options(args), "--streams", str(args.streams)]
 
 
-def load_model(args, streams: int = 1):
-    """The model as the server loads it (``streams=1``: as ``bench --mode e2e`` does)."""
+def load_model(args, streams: int = 1, batch_size: int | None = None):
+    """The model as the server (or, with one stream, ``bench --mode e2e``) loads it."""
     from resnet50 import ResNet50
 
     return ResNet50.load(
-        precision=args.precision, use_native=args.native, threads=args.threads, backend=args.backend, streams=streams
+        precision=args.precision,
+        use_native=args.native,
+        threads=args.threads,
+        backend=args.backend,
+        streams=streams,
+        batch_size=batch_size,
     )
 
 
@@ -110,7 +115,7 @@ def baseline(args, paths: list[str]) -> dict:
     """In-process end-to-end throughput: files in, labels out, decode overlapped with inference."""
     from resnet50.pipeline import classify_stream
 
-    model = load_model(args)
+    model = load_model(args, batch_size=args.baseline_batch)
     batch = args.baseline_batch
     list(classify_stream(model, paths[:batch], batch_size=batch))  # warm-up
     start = time.perf_counter()
@@ -148,7 +153,9 @@ def service_times(model, paths: list[str], max_batch: int, repeats: int = 8) -> 
 
 def stream_service_times(args, paths: list[str]) -> dict[int, float]:
     """Per-batch ms of one of the server's streams (``--streams``), the others idle."""
-    return service_times(load_model(args, args.streams), paths, args.max_batch)
+    return service_times(
+        load_model(args, args.streams, batch_size=1 if args.max_batch == 1 else None), paths, args.max_batch
+    )
 
 
 def prepare_ms(paths: list[str]) -> float:

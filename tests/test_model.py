@@ -314,6 +314,31 @@ def test_streams_report_the_threads_they_run(backend):
         assert model.info()["streams"] == compiled.get_property("NUM_STREAMS") == 2
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_compiles_for_the_batch_size_and_still_runs_any_other(precision, varied_images):
+    """``batch_size=1``: OpenVINO runs batch 1 on a model compiled for exactly that shape, a
+    batch of 3 on a second one compiled when it first comes; both answer bit-identically to
+    the model compiled for any size, and the interface still says any batch."""
+    pytest.importorskip("openvino")
+    tensor, _ = ResNet50.load(precision=precision).preprocess(varied_images[:3])
+    any_size = ResNet50.load(precision=precision, backend="openvino", threads=2)
+    exact = ResNet50.load(precision=precision, backend="openvino", threads=2, batch_size=1)
+    assert any_size.info()["compiled_batch_sizes"] == ["any"]
+    assert exact.info()["compiled_batch_sizes"] == [1]
+    assert exact.info()["input"] == "input_tensor:0 float32[N,3,224,224]"
+    assert exact.backend.inputs[0].shape == (None, 3, 224, 224)
+    for rows in (1, 3, 1):
+        want, got = any_size.run(tensor[:rows]), exact.run(tensor[:rows])
+        assert want.keys() == got.keys()
+        assert all(np.array_equal(want[name], got[name]) for name in want)
+    assert exact.info()["compiled_batch_sizes"] == [1, "any"]
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(InvalidInputError, match="batch_size must be at least 1, got 0"):
+        ResNet50.load(batch_size=0)
+
+
 _FIRST_RUNS_AT_ONCE = """
 import sys, threading
 import numpy as np

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
+from resnet50 import ResNet50
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -691,6 +693,36 @@ def test_native_server_same_answers_and_uint8_v2(model_native, model_fp32, sampl
         assert refused.json()["error"] == "input 'input_uint8': UINT8 data must be whole numbers in 0..255"
     finally:
         assert srv.stop() == 0, srv.stderr
+
+
+def test_openvino_server_answers_single_images_and_v2_batches_as_the_model(sample_photos, tmp_path):
+    """The fast configuration (OpenVINO int8, two streams, batches of one, so a model compiled
+    for batch 1): a photo and a v2 batch of two (a second model, compiled when it first comes)
+    both answer exactly as ``ResNet50.run``, and the metadata still says any batch."""
+    pytest.importorskip("openvino")
+    model = ResNet50.load(precision="int8", use_native=True, backend="openvino")
+    srv = ServerProcess(tmp_path, "--precision", "int8", "--native", "--backend", "openvino", "--threads", "2")
+    try:
+        assert "2 model streams, max batch 1" in srv.stderr
+        photo = sample_photos[2]
+        response = httpx.post(f"{srv.url}/v1/classify", content=photo.read_bytes(), timeout=120)
+        assert response.status_code == 200, response.text
+        want = model.classify(str(photo))
+        assert [p["class_id"] for p in response.json()["predictions"]] == [p.class_id for p in want.predictions]
+        assert [p["score"] for p in response.json()["predictions"]] == [p.score for p in want.predictions]
+        meta = httpx.get(f"{srv.url}/v2/models/resnet50").json()
+        assert meta["inputs"] == [{"name": "input_uint8", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]
+        crops, _ = model.preprocess([str(p) for p in sample_photos[:2]])
+        request = {"inputs": [{"name": "input_uint8", "datatype": "UINT8", "shape": [2, 3, 224, 224]}]}
+        request["inputs"][0]["data"] = crops.ravel().tolist()
+        response = httpx.post(f"{srv.url}{_V2}", json=request, timeout=120)
+        assert response.status_code == 200, response.text
+        expected = model.run(crops)
+        for out in response.json()["outputs"]:
+            assert np.array_equal(np.asarray(out["data"]).reshape(out["shape"]), expected[out["name"]]), out["name"]
+    finally:
+        assert srv.stop() == 0, srv.stderr
+    assert "Traceback" not in srv.stderr, srv.stderr
 
 
 def test_listening_socket_disables_nagle():

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     options = model_options(args)
     if args.mode == "e2e":  # uint8 in, top-k out: no float tensor built in Python
         options["use_native"] = not args.python_post
+    options["batch_size"] = args.batch
     model = ResNet50.load(**options)
     load_s = time.perf_counter() - start
     if not args.json:

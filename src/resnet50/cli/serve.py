@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
     sock = _bind(args.host, args.port)
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads, args.device)
-    model = load_model(args)
+    # With batches of one, OpenVINO compiles for exactly that shape (faster); other backends ignore it.
+    model = load_model(args, batch_size=1 if args.max_batch == 1 else None)
     workers = args.workers or default_workers()
     app = create_app(
         model,

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 
+from ..constants import INPUT_SIZE
 from ..cpu import physical_cores
 from ..errors import BackendUnavailableError, ModelFileError
 from .base import Backend, StreamPool, TensorSpec
@@ -20,6 +21,10 @@ _warmed_up = threading.Event()
 _OV_TYPES = {"f32": "float32", "u8": "uint8", "i64": "int64", "f16": "float16"}
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _dims(partial_shape) -> tuple:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
 
@@ -27,7 +32,15 @@ def _dims(partial_shape) -> tuple:
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, model_path: str, *, threads: int | None = None, streams: int = 1, precision: str = "fp32"):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        threads: int | None = None,
+        streams: int = 1,
+        precision: str = "fp32",
+        batch_size: int | None = None,
+    ):
         try:
             import openvino as ov
         except ImportError:
@@ -35,27 +48,57 @@ class OpenVinoBackend(Backend):
         from ..weights import cache_dir
 
         super().__init__(model_path)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.precision = precision
-        core = ov.Core()
-        config = {
+        self.batch_size = batch_size
+        self._core = ov.Core()
+        self._config = {
             "INFERENCE_NUM_THREADS": max(threads or physical_cores(), streams),
             "NUM_STREAMS": streams,  # OpenVINO splits the threads between the streams
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "CACHE_DIR": str(cache_dir() / "openvino"),
         }
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bf16" and "BF16" not in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailableError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX; this one has neither")
         try:
-            self.compiled = core.compile_model(core.read_model(model_path), "CPU", config)
+            self._model = self._core.read_model(model_path)
         except RuntimeError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{model_path}: OpenVINO could not read the model: {first_line}") from None
+            raise ModelFileError(f"{model_path}: OpenVINO could not read the model: {_first_line(exc)}") from None
+        # One compiled model per batch size: `batch_size` exactly (static shapes: a little faster
+        # at batch 1, see benchmarks/ov_batch_shapes.py), and None for any other size, compiled
+        # when the first one comes.
+        self._compiled: dict[int | None, tuple] = {}
+        self._compile_lock = threading.Lock()
+        self.compiled = self._compile(batch_size)[0]
         # OpenVINO caps both at what the CPU has: report what it actually runs.
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        self._pool = StreamPool([self.compiled.create_infer_request() for _ in range(self.streams)])
-        self._outputs = [port.get_any_name() for port in self.compiled.outputs]
+        self._pool = StreamPool(range(self.streams))  # stream i runs on each compiled model's request i
+        self._outputs = [port.get_any_name() for port in self._model.outputs]
+        self._image_input = self._model.inputs[0].get_any_name()
+
+    def _compile(self, batch_size: int | None) -> tuple:
+        """The compiled model for ``batch_size`` (None: any size) and one infer request per stream."""
+        compiled = self._compiled.get(batch_size)
+        if compiled is not None:
+            return compiled
+        with self._compile_lock:
+            if batch_size not in self._compiled:
+                try:
+                    model = self._model
+                    if batch_size is not None:
+                        model = model.clone()
+                        model.reshape({model.inputs[0].get_any_name(): [batch_size, 3, INPUT_SIZE, INPUT_SIZE]})
+                    compiled = self._core.compile_model(model, "CPU", self._config)
+                except RuntimeError as exc:
+                    raise ModelFileError(
+                        f"{self.model_path}: OpenVINO could not compile the model: {_first_line(exc)}"
+                    ) from None
+                streams = int(compiled.get_property("NUM_STREAMS"))
+                self._compiled[batch_size] = (compiled, [compiled.create_infer_request() for _ in range(streams)])
+            return self._compiled[batch_size]
 
     @staticmethod
     def _specs(ports) -> list[TensorSpec]:
@@ -68,23 +111,27 @@ class OpenVinoBackend(Backend):
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return self._specs(self.compiled.inputs)
+        return self._specs(self._model.inputs)
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return self._specs(self.compiled.outputs)
+        return self._specs(self._model.outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._pool.take() as request:
+        rows = len(feeds[self._image_input])
+        compiled, requests = self._compile(self.batch_size if rows == self.batch_size else None)
+        with self._pool.take() as stream:
+            request = requests[stream]
             if _warmed_up.is_set():
                 results = request.infer(feeds, share_inputs=True)
             else:
                 with _FIRST_INFER:
                     results = request.infer(feeds, share_inputs=True)
                     _warmed_up.set()
-            return {name: np.array(results[port]) for name, port in zip(self._outputs, self.compiled.outputs)}
+            return {name: np.array(results[port]) for name, port in zip(self._outputs, compiled.outputs)}
 
     def describe(self) -> dict:
         import openvino as ov
 
-        return self._cpu_facts(ov.__version__)
+        compiled_for = ["any" if size is None else size for size in self._compiled]
+        return {**self._cpu_facts(ov.__version__), "compiled_batch_sizes": compiled_for}

@@ -1,0 +1,153 @@
+"""OpenVINO compiled for one exact batch size against compiled for any: same runs, interleaved.
+
+``ResNet50.load(batch_size=N, backend="openvino")`` compiles the model for exactly that
+batch (static shapes); without it the model takes any batch (a dynamic dimension). Three
+configurations, each timed through ``ResNet50.run`` on both models in interleaved rounds
+(the machines here are shared: a noisy second moves one round, not the comparison):
+
+- batch 1, one stream of all threads: per-run latency (``bench``'s latency figure);
+- batch 1, two streams, one caller thread each: images/s (``resnet50 serve``'s default);
+- batch 8, one stream: images/s.
+
+Every answer is checked bit-identical between the two models first. Writes
+``results/ov_batch_shapes.json`` and ``.png``.
+
+    python benchmarks/ov_batch_shapes.py [--rounds 10] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = {  # name: (batch, streams)
+    "batch 1, 1 stream": (1, 1),
+    "batch 1, 2 streams": (1, 2),
+    "batch 8, 1 stream": (8, 1),
+}
+
+
+def timed_runs(model, tensor: np.ndarray, seconds: float, callers: int) -> tuple[float, list[float]]:
+    """images/s and per-run ms of ``callers`` threads calling ``model.run`` for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(callers)]
+    stop = time.perf_counter() + seconds
+
+    def caller(out: list[float]) -> None:
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            model.run(tensor)
+            out.append((time.perf_counter() - start) * 1000)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(out,)) for out in latencies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runs = [ms for out in latencies for ms in out]
+    return len(runs) * len(tensor) / (time.perf_counter() - start), runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per configuration, model and round")
+    parser.add_argument("--precision", default="int8", choices=("fp32", "int8", "bf16"))
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "ov_batch_shapes.json")
+    args = parser.parse_args(argv)
+
+    from resnet50 import ResNet50
+    from resnet50.cpu import cpu_info
+
+    tensor = np.random.default_rng(0).integers(0, 256, (8, 3, 224, 224), dtype=np.uint8)
+    pairs = {}
+    for name, (batch, streams) in CONFIGS.items():
+        load = dict(precision=args.precision, backend="openvino", use_native=True, threads=2, streams=streams)
+        pair = {"any batch": ResNet50.load(**load), f"batch {batch} exactly": ResNet50.load(**load, batch_size=batch)}
+        answers = [model.run(tensor[:batch]) for model in pair.values()]
+        assert all(np.array_equal(answers[0][k], answers[1][k]) for k in answers[0]), name
+        for model in pair.values():
+            timed_runs(model, tensor[:batch], 0.5, streams)  # warm-up
+        pairs[name] = (batch, streams, pair)
+
+    samples = {name: {label: {"images_per_s": [], "ms": []} for label in pair} for name, (*_, pair) in pairs.items()}
+    for _ in range(args.rounds):
+        for name, (batch, streams, pair) in pairs.items():
+            for label, model in pair.items():
+                rate, runs = timed_runs(model, tensor[:batch], args.seconds, streams)
+                samples[name][label]["images_per_s"].append(rate)
+                samples[name][label]["ms"].extend(runs)
+
+    configs = {}
+    for name, by_model in samples.items():
+        entry = {}
+        for label, s in by_model.items():
+            p50, p90, p99 = np.percentile(s["ms"], [50, 90, 99])
+            entry[label] = {
+                "images_per_s": round(float(np.median(s["images_per_s"])), 2),
+                "images_per_s_range": [round(min(s["images_per_s"]), 2), round(max(s["images_per_s"]), 2)],
+                "latency_ms": {"p50": round(p50, 2), "p90": round(p90, 2), "p99": round(p99, 2)},
+            }
+        any_size, exact = entry.values()
+        entry["exact_over_any_images_per_s"] = round(exact["images_per_s"] / any_size["images_per_s"], 3)
+        entry["exact_minus_any_p90_ms"] = round(exact["latency_ms"]["p90"] - any_size["latency_ms"]["p90"], 2)
+        configs[name] = entry
+    result = {
+        "benchmark": "ov_batch_shapes",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_info(),
+        "weights": next(iter(pairs.values()))[2]["any batch"].weights,
+        "precision": args.precision,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "configs": configs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate_ax, lat_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(result["configs"])
+    x = np.arange(len(names))
+    for offset, label, color in ((-0.2, "any batch", "#98a2b3"), (0.2, "exactly", "#3e6ae1")):
+        rates, p90s = [], []
+        for name in names:
+            entry = next(v for k, v in result["configs"][name].items() if isinstance(v, dict) and label in k)
+            rates.append(entry["images_per_s"])
+            p90s.append(entry["latency_ms"]["p90"])
+        shown = "compiled for any batch" if label == "any batch" else "compiled for the exact batch"
+        rate_ax.bar(x + offset, rates, 0.4, label=shown, color=color)
+        lat_ax.bar(x + offset, p90s, 0.4, label=shown, color=color)
+    for ax, title in ((rate_ax, "images/s (median of rounds)"), (lat_ax, "per-run latency p90, ms")):
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"OpenVINO {result['precision']}, static vs dynamic batch, {result['cpu']['name']} "
+        f"{result['cpu']['cores']} cores, {result['weights']} weights, {result['date']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
