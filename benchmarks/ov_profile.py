@@ -3,7 +3,8 @@
 Compiles the int8 model (as ``ResNet50.load(precision="int8", backend="openvino")`` does,
 with performance counters on), runs ``--batch`` images ``--runs`` times, and reports for each
 kernel (1x1 convolution, 3x3/7x7 convolution, the rest) the ms per batch, its share, and the
-multiply-accumulates it performed per second, computed from the model's shapes. Also
+multiply-accumulates it performed per second, computed from the model's shapes, and the ten
+convolutions that run slowest per multiply-accumulate. Also
 lists the precision every layer ran in, so a layer left in float would show. Writes
 ``results/ov_profile.json``.
 
@@ -89,6 +90,17 @@ def main(argv=None) -> int:
         groups[group]["ms"] += ms
         groups[group]["layers"] += 1
     total_ms = sum(g["ms"] for g in groups.values())
+    per_conv = [
+        {
+            "layer": name,
+            "kernel": exec_type,
+            "ms_per_batch": round(ms, 3),
+            "gmac_per_s": round(macs_by_name[name] * args.batch / 1e9 / (ms / 1000), 1),
+        }
+        for name, (ms, node_type, exec_type) in per_node.items()
+        if ms > 0 and node_type == "Convolution" and name in macs_by_name
+    ]
+    slowest = sorted(per_conv, key=lambda c: c["gmac_per_s"])[:10]
     summary = {
         name: {
             "ms_per_batch": round(g["ms"], 2),
@@ -110,6 +122,7 @@ def main(argv=None) -> int:
         "gmac_per_image": round(sum(macs_by_name.values()) / 1e9, 3),
         "convolutions_matched": sum(1 for name in per_node if name in macs_by_name),
         "groups": summary,
+        "slowest_convolutions": slowest,
         "runtime_precisions": dict(sorted(precisions.items())),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
