@@ -323,20 +323,99 @@ def test_openvino_compiles_for_the_batch_size_and_still_runs_any_other(precision
     tensor, _ = ResNet50.load(precision=precision).preprocess(varied_images[:3])
     any_size = ResNet50.load(precision=precision, backend="openvino", threads=2)
     exact = ResNet50.load(precision=precision, backend="openvino", threads=2, batch_size=1)
-    assert any_size.info()["compiled_batch_sizes"] == ["any"]
-    assert exact.info()["compiled_batch_sizes"] == [1]
+    assert any_size.info()["compiled_for"] == "batch any"
+    assert exact.info()["compiled_for"] == "batch 1"
     assert exact.info()["input"] == "input_tensor:0 float32[N,3,224,224]"
     assert exact.backend.inputs[0].shape == (None, 3, 224, 224)
     for rows in (1, 3, 1):
         want, got = any_size.run(tensor[:rows]), exact.run(tensor[:rows])
         assert want.keys() == got.keys()
         assert all(np.array_equal(want[name], got[name]) for name in want)
-    assert exact.info()["compiled_batch_sizes"] == [1, "any"]
+    assert exact.info()["compiled_for"] == "batch 1, any"
 
 
-def test_batch_size_must_be_positive():
-    with pytest.raises(InvalidInputError, match="batch_size must be at least 1, got 0"):
-        ResNet50.load(batch_size=0)
+def test_openvino_exact_batch_on_two_streams_runs_mixed_sizes_at_once(varied_images):
+    """Batches of 1 and 3 from two threads on two streams: the same answers as one model for
+    any size, and both compiled models unpinned (pinned, each model put its stream threads on
+    the same cores, and runs of the two shared a core)."""
+    import threading
+
+    pytest.importorskip("openvino")
+    model = ResNet50.load(precision="int8", use_native=True, backend="openvino", threads=2, streams=2, batch_size=1)
+    plain = ResNet50.load(precision="int8", use_native=True, backend="openvino", threads=2)
+    crops, _ = model.preprocess(varied_images[:3])
+    want = {rows: plain.run(crops[:rows])["topk_class_ids"] for rows in (1, 3)}
+    got, failures = {1: [], 3: []}, []
+
+    def caller(rows):
+        try:
+            got[rows].extend(model.run(crops[:rows])["topk_class_ids"] for _ in range(4))
+        except Exception as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(rows,)) for rows in (1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures and all(not t.is_alive() for t in threads)
+    assert all(np.array_equal(answer, want[rows]) for rows in (1, 3) for answer in got[rows])
+    assert model.info()["compiled_for"] == "batch 1, any"
+    assert all(compiled.get_property("ENABLE_CPU_PINNING") is False for compiled, _ in model.backend._compiled.values())
+
+
+def _tiny_classifier(path, inputs, image_shape):
+    """A small ONNX model: the mean of the image's last two axes, then a 1001-class softmax."""
+    weights = onnx.numpy_helper.from_array(np.eye(image_shape[1], 1001, dtype=np.float32), "W")
+    nodes = [
+        helper.make_node("ReduceMean", ["input_tensor:0"], ["pooled"], axes=[-2, -1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["softmax_tensor:0"], axis=1),
+    ]
+    image = helper.make_tensor_value_info("input_tensor:0", TensorProto.FLOAT, image_shape)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [image if name == "image" else helper.make_tensor_value_info(name, TensorProto.INT64, [1]) for name in inputs],
+        [helper.make_tensor_value_info("softmax_tensor:0", TensorProto.FLOAT, ["N", 1001])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_openvino_exact_batch_still_refuses_a_model_without_the_mlperf_interface(tmp_path):
+    """The exact-batch compile does not get ahead of the interface check (OpenVINO's shape
+    inference would fail first, with an internal message)."""
+    pytest.importorskip("openvino")
+    path = _tiny_classifier(tmp_path / "nhwc.onnx", ["image"], ["N", 224, 224, 3])
+    with pytest.raises(
+        ModelFileError, match=r"its input input_tensor:0 float32\[\?,224,224,3\] is not \[N,3,224,224\]"
+    ):
+        ResNet50.load(model=path, backend="openvino", batch_size=1)
+
+
+def test_openvino_exact_batch_finds_the_image_input_by_name(tmp_path):
+    """A model whose ``top_k`` input comes before the image: the image is the one compiled
+    for batch 1 (not ``top_k``), and batches of 1 and 2 answer as without ``batch_size``."""
+    pytest.importorskip("openvino")
+    path = _tiny_classifier(tmp_path / "topk_first.onnx", ["top_k", "image"], ["N", 3, 224, 224])
+    exact = ResNet50.load(model=path, backend="openvino", batch_size=1)
+    plain = ResNet50.load(model=path, backend="openvino")
+    tensor = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    for rows in (1, 2):
+        assert np.array_equal(
+            exact.run(tensor[:rows])["softmax_tensor:0"], plain.run(tensor[:rows])["softmax_tensor:0"]
+        )
+    assert exact.info()["compiled_for"] == "batch 1, any"
+
+
+@pytest.mark.parametrize("bad", [0, 1.5])
+def test_batch_size_must_be_a_positive_whole_number(bad):
+    with pytest.raises(InvalidInputError, match=f"batch_size must be a whole number of at least 1, got {bad}"):
+        ResNet50.load(batch_size=bad)
 
 
 _FIRST_RUNS_AT_ONCE = """

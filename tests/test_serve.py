@@ -697,8 +697,8 @@ def test_native_server_same_answers_and_uint8_v2(model_native, model_fp32, sampl
 
 def test_openvino_server_answers_single_images_and_v2_batches_as_the_model(sample_photos, tmp_path):
     """The fast configuration (OpenVINO int8, two streams, batches of one, so a model compiled
-    for batch 1): a photo and a v2 batch of two (a second model, compiled when it first comes)
-    both answer exactly as ``ResNet50.run``, and the metadata still says any batch."""
+    for batch 1): a photo and a v2 batch of two (run as two batches of one) both answer
+    exactly as ``ResNet50.run``, and the metadata still says any batch."""
     pytest.importorskip("openvino")
     model = ResNet50.load(precision="int8", use_native=True, backend="openvino")
     srv = ServerProcess(tmp_path, "--precision", "int8", "--native", "--backend", "openvino", "--threads", "2")
