@@ -1,13 +1,15 @@
 """Benchmark the MLPerf harness: LoadGen Offline samples/s and SingleStream p90 latency, each next
 to the strongest baseline measured in the same run — ``resnet50 bench`` inference only
 (:func:`resnet50.bench.bench_infer`: one preprocessed batch run back to back, no LoadGen, no
-sample library), at the same batch size (Offline) and at batch 1 (SingleStream).
+sample library), at the same batch size (Offline) and at batch 1 (SingleStream). With
+``--backend openvino`` the SingleStream model is compiled for batch 1, as ``resnet50 mlperf
+--scenario SingleStream`` loads it, and the batch-1 baseline runs on that same model.
 
 The LoadGen runs use short settings (``min_duration`` = ``--duration``, ``min_query_count``
 low) on generated JPEGs; Offline's ``target_qps`` is set 1.5x above the measured baseline so
 the run is VALID. Weights: synthetic (same compute as MLPerf's). Writes JSON and a PNG chart.
 
-    python benchmarks/mlperf_offline.py --precision fp32 int8 --duration 30
+    python benchmarks/mlperf_offline.py --precision fp32 int8 --backend onnxruntime openvino --duration 30
 """
 
 from __future__ import annotations
@@ -36,37 +38,42 @@ def build_dataset(count: int, cache: Path):
     return dataset
 
 
-def bench_precision(precision: str, dataset, args, out_dir: Path) -> dict:
+def bench_precision(precision: str, backend: str, dataset, args, out_dir: Path) -> dict:
     from resnet50 import ResNet50
     from resnet50.bench import bench_infer
     from resnet50.mlperf.run import RunOptions, run
 
-    model = ResNet50.load(precision=precision, threads=args.threads)
-    print(f"[{precision}] baseline: bench_infer batch {args.batch} for {args.duration}s", file=sys.stderr)
+    name = f"{precision} {backend}"
+    model = ResNet50.load(precision=precision, threads=args.threads, backend=backend)
+    print(f"[{name}] baseline: bench_infer batch {args.batch} for {args.duration}s", file=sys.stderr)
     baseline = bench_infer(model, batch=args.batch, duration=args.duration, warmup=1.0)
-    print(f"[{precision}]   {baseline.images_per_s} img/s", file=sys.stderr)
+    print(f"[{name}]   {baseline.images_per_s} img/s", file=sys.stderr)
     target_qps = max(1.0, 1.5 * baseline.images_per_s)
     offline = run(
         model, dataset,
-        RunOptions(scenario="Offline", output=out_dir / f"{precision}-offline", target_qps=target_qps,
+        RunOptions(scenario="Offline", output=out_dir / f"{precision}-{backend}-offline", target_qps=target_qps,
                    min_duration_ms=int(args.duration * 1000), min_query_count=1, batch_size=args.batch),
     )  # fmt: skip
-    print(f"[{precision}]   LoadGen Offline {offline['metrics']['samples_per_second']} samples/s", file=sys.stderr)
+    print(f"[{name}]   LoadGen Offline {offline['metrics']['samples_per_second']} samples/s", file=sys.stderr)
+    if backend == "openvino":  # as `resnet50 mlperf --scenario SingleStream` loads it
+        model = ResNet50.load(precision=precision, threads=args.threads, backend=backend, batch_size=1)
     baseline_b1 = bench_infer(model, batch=1, duration=args.duration, warmup=1.0)
     single = run(
         model, dataset,
-        RunOptions(scenario="SingleStream", output=out_dir / f"{precision}-singlestream",
+        RunOptions(scenario="SingleStream", output=out_dir / f"{precision}-{backend}-singlestream",
                    target_latency_ms=baseline_b1.latency_ms["p50"], min_duration_ms=int(args.duration * 1000),
                    min_query_count=64),
     )  # fmt: skip
     print(
-        f"[{precision}]   batch-1 p90 {baseline_b1.latency_ms['p90']} ms; "
+        f"[{name}]   batch-1 p90 {baseline_b1.latency_ms['p90']} ms; "
         f"LoadGen SingleStream p90 {single['metrics']['percentile_latency_ms']:.3f} ms",
         file=sys.stderr,
     )
     offline_sps = offline["metrics"]["samples_per_second"]
     return {
+        "name": name,
         "precision": precision,
+        "backend": backend,
         "baseline_infer": baseline.to_dict(),
         "baseline_infer_batch1": baseline_b1.to_dict(),
         "offline": {
@@ -90,7 +97,7 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [r["precision"] for r in rows]
+    names = [r["name"].replace(" ", "\n") for r in rows]
     x = np.arange(len(names))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.bar(x - 0.2, [r["baseline_infer"]["images_per_s"] for r in rows], 0.4, label="resnet50 bench (infer)")
@@ -109,6 +116,7 @@ def chart(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"))
+    parser.add_argument("--backend", nargs="+", default=["onnxruntime"], choices=("onnxruntime", "openvino"))
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per measurement (default 30)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int)
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = build_dataset(args.count, Path(tmp) / "cache")
-        rows = [bench_precision(p, dataset, args, Path(tmp) / "logs") for p in args.precision]
+        rows = [bench_precision(p, b, dataset, args, Path(tmp) / "logs") for p in args.precision for b in args.backend]
     result = {
         "benchmark": "mlperf_offline",
         "weights": "synthetic",
@@ -131,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     chart(rows, args.out.with_suffix(".png"))
-    print(
-        json.dumps(
-            {r["precision"]: {"offline": r["offline"], "singlestream": r["singlestream"]} for r in rows}, indent=2
-        )
-    )
+    print(json.dumps({r["name"]: {"offline": r["offline"], "singlestream": r["singlestream"]} for r in rows}, indent=2))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
     return 0
 
