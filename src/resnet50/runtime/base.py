@@ -29,14 +29,31 @@ def _fixed(dim) -> int | None:
     return dim if isinstance(dim, int) and dim >= 0 else None
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error message (the rest is its internals), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def image_input(inputs: Sequence[TensorSpec]) -> TensorSpec | None:
+    """The image input: the MLPerf float32 one or our uint8 variant's, if the model has one."""
+    by_name = {t.name: t for t in inputs}
+    return by_name.get(INPUT_NAME) or by_name.get(UINT8_INPUT_NAME)
+
+
+def has_image_shape(spec: TensorSpec) -> bool:
+    """Whether an input is [N,3,224,224], N any."""
+    return len(spec.shape) == 4 and [_fixed(d) for d in spec.shape[1:]] == [3, 224, 224]
+
+
 def check_interface(path: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
     """Refuse a model that is not ResNet50 v1.5 with the MLPerf interface (or our variants)."""
     by_name = {t.name: t for t in inputs}
-    image = by_name.get(INPUT_NAME) or by_name.get(UINT8_INPUT_NAME)
+    image = image_input(inputs)
     problem = None
     if image is None:
         problem = f"it has no input {INPUT_NAME!r} (inputs: {', '.join(map(str, inputs)) or 'none'})"
-    elif len(image.shape) != 4 or [_fixed(d) for d in image.shape[1:]] != [3, 224, 224]:
+    elif not has_image_shape(image):
         problem = f"its input {image} is not [N,3,224,224]"
     elif image.dtype != ("float32" if image.name == INPUT_NAME else "uint8"):
         problem = f"its input {image} has the wrong element type"

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cpu import physical_cores
 from ..errors import ModelFileError
-from .base import Backend, StreamPool, TensorSpec
+from .base import Backend, StreamPool, TensorSpec, first_line
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -40,9 +40,8 @@ class OnnxRuntimeBackend(Backend):
                 for share in shares
             ]
         except Exception as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(
-                f"{model_path}: not a readable ONNX model (truncated or not ONNX?): {first_line}"
+                f"{model_path}: not a readable ONNX model (truncated or not ONNX?): {first_line(exc)}"
             ) from None
         self.session = sessions[0]
         self._pool = StreamPool(sessions)

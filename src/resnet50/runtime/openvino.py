@@ -6,10 +6,10 @@ import threading
 
 import numpy as np
 
-from ..constants import INPUT_NAME, INPUT_SIZE, UINT8_INPUT_NAME
+from ..constants import INPUT_SIZE
 from ..cpu import physical_cores
 from ..errors import BackendUnavailableError, ModelFileError
-from .base import Backend, StreamPool, TensorSpec
+from .base import Backend, StreamPool, TensorSpec, first_line, has_image_shape, image_input
 
 # OpenVINO's Python layer initialises C++ function statics on the first infer of the process
 # (Type.to_dtype), running Python code inside them. Two threads doing their first infer at
@@ -19,10 +19,6 @@ _FIRST_INFER = threading.Lock()
 _warmed_up = threading.Event()
 
 _OV_TYPES = {"f32": "float32", "u8": "uint8", "i64": "int64", "f16": "float16"}
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _dims(partial_shape) -> tuple:
@@ -69,11 +65,11 @@ class OpenVinoBackend(Backend):
         try:
             self._model = self._core.read_model(model_path)
         except RuntimeError as exc:
-            raise ModelFileError(f"{model_path}: OpenVINO could not read the model: {_first_line(exc)}") from None
+            raise ModelFileError(f"{model_path}: OpenVINO could not read the model: {first_line(exc)}") from None
         self._outputs = [port.get_any_name() for port in self._model.outputs]
-        image = [port for port in self._model.inputs if port.get_any_name() in (INPUT_NAME, UINT8_INPUT_NAME)]
-        self._image_input = image[0].get_any_name() if image else None
-        if not image or _dims(image[0].get_partial_shape())[1:] != (3, INPUT_SIZE, INPUT_SIZE):
+        image = image_input(self.inputs)
+        self._image_input = image.name if image else None
+        if image is None or not has_image_shape(image):
             batch_size = None  # not the MLPerf interface: compiled as it is, for the interface check to refuse
         self.batch_size = batch_size
         # One compiled model per batch size: `batch_size` exactly (static shapes: a little faster
@@ -102,7 +98,7 @@ class OpenVinoBackend(Backend):
                     compiled = self._core.compile_model(model, "CPU", self._config)
                 except RuntimeError as exc:
                     raise ModelFileError(
-                        f"{self.model_path}: OpenVINO could not compile the model: {_first_line(exc)}"
+                        f"{self.model_path}: OpenVINO could not compile the model: {first_line(exc)}"
                     ) from None
                 # Same config, so the same number of streams as the first model: one request each.
                 streams = int(compiled.get_property("NUM_STREAMS"))
