@@ -2,8 +2,10 @@
 
 ``ResNet50.load(batch_size=N, backend="openvino")`` compiles the model for exactly that
 batch (static shapes); without it the model takes any batch (a dynamic dimension). Three
-configurations, each timed through ``ResNet50.run`` on both models in interleaved rounds
-(the machines here are shared: a noisy second moves one round, not the comparison):
+configurations, each timed as ``resnet50 bench --mode infer`` times it
+(:func:`resnet50.bench.bench_infer`: one caller thread per stream) on both models in
+interleaved rounds (the machines here are shared: a noisy second moves one round, not the
+comparison); images/s and latency percentiles are the medians of the rounds':
 
 - batch 1, one stream of all threads: per-run latency (``bench``'s latency figure);
 - batch 1, two streams, one caller thread each: images/s (``resnet50 serve``'s default);
@@ -20,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,27 +35,6 @@ CONFIGS = {  # name: (batch, streams)
 }
 
 
-def timed_runs(model, tensor: np.ndarray, seconds: float, callers: int) -> tuple[float, list[float]]:
-    """images/s and per-run ms of ``callers`` threads calling ``model.run`` for ``seconds``."""
-    latencies: list[list[float]] = [[] for _ in range(callers)]
-    stop = time.perf_counter() + seconds
-
-    def caller(out: list[float]) -> None:
-        while time.perf_counter() < stop:
-            start = time.perf_counter()
-            model.run(tensor)
-            out.append((time.perf_counter() - start) * 1000)
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=caller, args=(out,)) for out in latencies]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    runs = [ms for out in latencies for ms in out]
-    return len(runs) * len(tensor) / (time.perf_counter() - start), runs
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -65,6 +44,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from resnet50 import ResNet50
+    from resnet50.bench import bench_infer
     from resnet50.cpu import cpu_info
 
     tensor = np.random.default_rng(0).integers(0, 256, (8, 3, 224, 224), dtype=np.uint8)
@@ -75,26 +55,26 @@ def main(argv=None) -> int:
         answers = [model.run(tensor[:batch]) for model in pair.values()]
         assert all(np.array_equal(answers[0][k], answers[1][k]) for k in answers[0]), name
         for model in pair.values():
-            timed_runs(model, tensor[:batch], 0.5, streams)  # warm-up
-        pairs[name] = (batch, streams, pair)
+            bench_infer(model, batch=batch, duration=0.5, warmup=0.0)
+        pairs[name] = (batch, pair)
 
-    samples = {name: {label: {"images_per_s": [], "ms": []} for label in pair} for name, (*_, pair) in pairs.items()}
+    rounds = {name: {label: [] for label in pair} for name, (_, pair) in pairs.items()}
     for _ in range(args.rounds):
-        for name, (batch, streams, pair) in pairs.items():
+        for name, (batch, pair) in pairs.items():
             for label, model in pair.items():
-                rate, runs = timed_runs(model, tensor[:batch], args.seconds, streams)
-                samples[name][label]["images_per_s"].append(rate)
-                samples[name][label]["ms"].extend(runs)
+                rounds[name][label].append(bench_infer(model, batch=batch, duration=args.seconds, warmup=0.0))
 
     configs = {}
-    for name, by_model in samples.items():
+    for name, by_model in rounds.items():
         entry = {}
-        for label, s in by_model.items():
-            p50, p90, p99 = np.percentile(s["ms"], [50, 90, 99])
+        for label, results in by_model.items():
+            rates = [r.images_per_s for r in results]
             entry[label] = {
-                "images_per_s": round(float(np.median(s["images_per_s"])), 2),
-                "images_per_s_range": [round(min(s["images_per_s"]), 2), round(max(s["images_per_s"]), 2)],
-                "latency_ms": {"p50": round(p50, 2), "p90": round(p90, 2), "p99": round(p99, 2)},
+                "images_per_s": round(float(np.median(rates)), 2),
+                "images_per_s_range": [round(min(rates), 2), round(max(rates), 2)],
+                "latency_ms": {
+                    q: round(float(np.median([r.latency_ms[q] for r in results])), 2) for q in ("p50", "p90", "p99")
+                },
             }
         any_size, exact = entry.values()
         entry["exact_over_any_images_per_s"] = round(exact["images_per_s"] / any_size["images_per_s"], 3)
@@ -104,7 +84,7 @@ def main(argv=None) -> int:
         "benchmark": "ov_batch_shapes",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_info(),
-        "weights": next(iter(pairs.values()))[2]["any batch"].weights,
+        "weights": next(iter(pairs.values()))[1]["any batch"].weights,
         "precision": args.precision,
         "rounds": args.rounds,
         "seconds": args.seconds,

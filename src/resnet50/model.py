@@ -67,8 +67,8 @@ class ResNet50:
         keeps ONNX Runtime's idle inference threads busy-waiting: lower batch-1 latency when
         nothing else needs the cores (a benchmark, a LoadGen run), slower everything else when
         something does. ``batch_size`` is the batch ``run`` will mostly get: OpenVINO compiles
-        the model for exactly that size (int8 batch 1 here: p90 0.2-1.1 ms lower, 1.5-2.9% more
-        images/s on two streams; no clear gain at batch 8). Other sizes still run, on a second
+        the model for exactly that size (int8 batch 1 here, four runs: 0.8-2.9% more images/s
+        on two streams, p90 up to 1.1 ms lower on one; no clear gain at batch 8). Other sizes still run, on a second
         model compiled when the first one comes (that batch waits ~0.3 s, ~1 s without
         OpenVINO's cache, and memory grows by 50-130 MB). The other backends take any size as
         fast and ignore it.
