@@ -66,3 +66,58 @@ def test_synthetic_weights_are_deterministic():
     a, b = synthetic_weights(0), synthetic_weights(0)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["conv1.weight"], synthetic_weights(1)["conv1.weight"])
+
+
+@pytest.mark.parametrize("opset", [8, 11])
+def test_pads_fold_into_the_convolutions_with_identical_output(model_fp32, opset):
+    import onnxruntime as ort
+
+    from mlperf_layout import folded_weights, tf_style_model
+    from resnet50.graph import fold_pads_into_convs
+    from resnet50.preprocess import preprocess
+    from resnet50.samples import synthetic_batch
+
+    model = tf_style_model(folded_weights(model_fp32.source.path), opset)
+    explicit = model.SerializeToString()
+    folded = fold_pads_into_convs(model)
+    assert not any(n.op_type == "Pad" for n in folded.graph.node)
+    pads = {
+        n.name: list(next(a.ints for a in n.attribute if a.name == "pads"))
+        for n in folded.graph.node
+        if n.op_type == "Conv" and any(a.name == "pads" for a in n.attribute)
+    }
+    # The stem's 7x7 and the three strided 3x3s had their Pad; the rest keep SAME_UPPER.
+    assert sorted(pads.values()) == [[1, 1, 1, 1]] * 3 + [[3, 3, 3, 3]]
+    tensor = preprocess(synthetic_batch(3, seed=12))[0]
+
+    def softmax(proto: bytes) -> np.ndarray:
+        session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+        return session.run([SOFTMAX_OUTPUT], {INPUT_NAME: tensor})[0]
+
+    assert np.array_equal(softmax(folded.SerializeToString()), softmax(explicit))
+
+
+def test_pads_that_are_not_plain_zero_padding_stay():
+    from onnx import helper
+
+    from resnet50.graph import fold_pads_into_convs
+
+    weight = onnx.numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+
+    def graph_with(pad: onnx.NodeProto) -> onnx.ModelProto:
+        conv = helper.make_node("Conv", ["padded", "w"], ["y"], name="conv")
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+        graph = helper.make_graph([pad, conv], "g", [x], [y], initializer=[weight])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+
+    kept = [
+        helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="reflect"),
+        helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=1.0),
+        helper.make_node("Pad", ["x"], ["padded"], pads=[0, 1, 1, 1, 0, 0, 1, 1]),  # a channel of padding
+    ]
+    for pad in kept:
+        assert [n.op_type for n in fold_pads_into_convs(graph_with(pad)).graph.node] == ["Pad", "Conv"]
+    plain = helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 2, 0, 0, 1, 2])
+    (conv,) = fold_pads_into_convs(graph_with(plain)).graph.node
+    assert conv.input[0] == "x" and [list(a.ints) for a in conv.attribute] == [[1, 2, 1, 2]]

@@ -189,6 +189,52 @@ def ensure_opset(model, minimum: int = OPSET):
         raise ModelFileError(f"model uses opset {_opset(model)} and could not be upgraded to {minimum}: {exc}") from exc
 
 
+def fold_pads_into_convs(model):
+    """Move each explicit zero ``Pad`` in front of a convolution (tf2onnx writes one before every
+    strided convolution of the MLPerf file) into the convolution's own ``pads``: the same values,
+    and a quantizer no longer leaves the padded map in float between a dequantize and a quantize."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.output[0] in outputs or len(pad.input) > 3:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+        if "pads" in attrs:  # opset < 11
+            amounts, value = np.asarray(attrs["pads"]), np.asarray(attrs.get("value", 0.0))
+        else:
+            amounts = constants.get(pad.input[1]) if len(pad.input) > 1 else None
+            value = constants.get(pad.input[2], np.zeros(())) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
+        users = consumers.get(pad.output[0], [])
+        if attrs.get("mode", b"constant") != b"constant" or amounts is None or amounts.shape != (8,):
+            continue
+        if np.any(value != 0) or np.any(amounts < 0) or np.any(amounts[[0, 1, 4, 5]] != 0):
+            continue
+        if len(users) != 1 or users[0].op_type != "Conv" or list(users[0].input).index(pad.output[0]) != 0:
+            continue
+        conv = users[0]
+        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        if conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+            continue
+        own = conv_attrs.get("pads", [0, 0, 0, 0]) if conv_attrs.get("auto_pad", b"NOTSET") == b"NOTSET" else [0] * 4
+        pads = [int(amounts[2]) + own[0], int(amounts[3]) + own[1], int(amounts[6]) + own[2], int(amounts[7]) + own[3]]
+        kept = [a for a in conv.attribute if a.name not in ("auto_pad", "pads")]
+        del conv.attribute[:]
+        conv.attribute.extend([*kept, helper.make_attribute("pads", pads)])
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    return model
+
+
 def with_uint8_input(model):
     """Feed the model the uint8 RGB crop: the graph casts it and subtracts the means itself."""
     from onnx import TensorProto, helper, numpy_helper
