@@ -81,6 +81,8 @@ def test_pads_fold_into_the_convolutions_with_identical_output(model_fp32, opset
     explicit = model.SerializeToString()
     folded = fold_pads_into_convs(model)
     assert not any(n.op_type == "Pad" for n in folded.graph.node)
+    used = {name for node in folded.graph.node for name in node.input}
+    assert all(t.name in used for t in folded.graph.initializer)  # the Pads' amounts went with them
     pads = {
         n.name: list(next(a.ints for a in n.attribute if a.name == "pads"))
         for n in folded.graph.node

@@ -232,6 +232,9 @@ def fold_pads_into_convs(model):
         folded.append(pad)
     for pad in folded:
         graph.node.remove(pad)
+    used = {name for node in graph.node for name in node.input}
+    for amounts in [t for t in graph.initializer if t.name not in used and any(t.name in p.input for p in folded)]:
+        graph.initializer.remove(amounts)
     return model
 
 

@@ -88,7 +88,6 @@ def _optimized(model):
     import tempfile
 
     import onnx
-    import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .graph import fold_pads_into_convs
@@ -96,12 +95,7 @@ def _optimized(model):
     with tempfile.TemporaryDirectory(prefix="resnet50-quantize-") as scratch:
         given, optimized = Path(scratch) / "given.onnx", Path(scratch) / "optimized.onnx"
         onnx.save(model, given)  # from a path: handed a ModelProto, it moves the weights out of the graph
-        # Its session would warn about each initializer the opset upgrade left unused.
-        onnxruntime.set_default_logger_severity(3)
-        try:
-            quant_pre_process(given, optimized, skip_symbolic_shape=True)
-        finally:
-            onnxruntime.set_default_logger_severity(2)  # ONNX Runtime's default
+        quant_pre_process(given, optimized, skip_symbolic_shape=True)
         return fold_pads_into_convs(onnx.load(optimized))
 
 
