@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +247,29 @@ def test_inference_failure_is_reported_not_hung(dataset, short_conf, tmp_path, m
         run(Broken(), dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
 
 
+def test_offline_runs_a_batch_on_every_stream_at_once(model_fp32, dataset, short_conf, tmp_path):
+    """With two model streams, two workers take batches of the one Offline query: the first two
+    batches meet inside the model (with one worker, the first would wait out the barrier)."""
+    meeting, lock, calls = threading.Barrier(2, timeout=30), threading.Lock(), []
+
+    class TwoStreams:
+        weights, precision, use_native, source = "synthetic", "fp32", False, model_fp32.source
+        input_dtype = np.dtype(np.float32)
+        backend = types.SimpleNamespace(streams=2)
+
+        def run(self, tensor, top_k=5):
+            with lock:
+                calls.append(len(tensor))
+                first_two = len(calls) <= 2
+            if first_two:
+                meeting.wait()
+            return model_fp32.run(tensor, top_k)
+
+    results = run(TwoStreams(), dataset, _options(tmp_path, short_conf, "Offline", mode="accuracy"))
+    assert results["streams"] == 2 and sum(calls) == COUNT and len(calls) >= 2
+    assert results["accuracy"]["line"] == f"accuracy=100.000%, good={COUNT}, total={COUNT}"
+
+
 def test_options_are_checked(short_conf, tmp_path):
     with pytest.raises(InvalidInputError, match="--target-qps applies to Offline and Server, not SingleStream"):
         RunOptions(scenario="SingleStream", target_qps=10).check()
@@ -337,6 +362,15 @@ def test_cli_accuracy_run_writes_every_log(imagenet, short_conf, tmp_path, capsy
     ]  # fmt: skip
     assert printed == json.loads((out / "results.json").read_text())
     assert printed["weights"] == "synthetic" and printed["accuracy"]["line"] == "accuracy=100.000%, good=6, total=6"
+    assert printed["streams"] == 1
+
+
+def test_cli_streams_run_the_model_and_the_harness_in_two(imagenet, short_conf, tmp_path, capsys):
+    argv = ["mlperf", "--dataset", str(imagenet), "--scenario", "Offline", "--mode", "accuracy", "--streams", "2"]
+    argv += ["--output", str(tmp_path / "o"), "--user-conf", str(short_conf), "--cache", str(tmp_path / "c"), "--json"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["streams"] == 2 and printed["accuracy"]["line"] == f"accuracy=100.000%, good={COUNT}, total={COUNT}"
 
 
 def test_cli_human_output_carries_the_synthetic_warning(imagenet, short_conf, tmp_path, capsys):

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
         metavar="MS",
         help="Server: longest wait for a batch to fill (default 0: run what has arrived)",
     )
-    add_model_options(parser, spin_wait=True)
+    add_model_options(parser, spin_wait=True, streams=True)
     add_json_option(parser)
     parser.set_defaults(func=run)
 

@@ -200,9 +200,10 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     log_settings.log_output.outdir = os.fspath(output)
     log_settings.log_output.copy_summary_to_stdout = False
     library = SampleLibrary(dataset, model.input_dtype)
+    streams = getattr(getattr(model, "backend", None), "streams", 1)
     sut = ResNet50SUT(
         model, library, scenario=options.scenario, batch_size=options.batch_size,
-        batch_timeout_ms=options.batch_timeout_ms,
+        batch_timeout_ms=options.batch_timeout_ms, workers=streams,  # a worker per stream keeps them all busy
     )  # fmt: skip
     start = time.perf_counter()
     with sut:
@@ -235,6 +236,7 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
         "user_conf": os.fspath(conf),
         "dataset": dataset.describe(),
         "batch_size": options.batch_size,
+        "streams": streams,
         "audit_config": audit_summary(audit, audit_settings, output),
         "wall_seconds": round(seconds, 3),
         "output": os.fspath(output),

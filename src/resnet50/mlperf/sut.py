@@ -1,11 +1,14 @@
-"""The LoadGen system under test: a sample library in RAM and a batching inference worker.
+"""The LoadGen system under test: a sample library in RAM and batching inference workers.
 
-One worker thread owns the model. LoadGen's issue thread only enqueues samples, so:
+One worker thread per model stream takes samples from a shared queue; LoadGen's issue thread
+only enqueues them, so:
 - Offline: the one big query is cut into batches of ``batch_size``;
 - Server: whatever queued while the last batch ran forms the next batch (up to
   ``batch_size``), and the worker waits at most ``batch_timeout_ms`` for a batch to
   fill, which bounds the latency it adds;
 - SingleStream / MultiStream: each query (1 or N samples) is one batch.
+With several streams, one worker's stacking, labelling and LoadGen calls overlap another's
+inference instead of leaving the cores idle between batches.
 Each response is the float32 0..999 label, as the reference harness writes it.
 """
 
@@ -63,7 +66,14 @@ class ResNet50SUT:
     """Runs issued queries on ``model`` in batches; see the module docstring for the policy."""
 
     def __init__(
-        self, model, library: SampleLibrary, *, scenario: str, batch_size: int = 8, batch_timeout_ms: float = 0.0
+        self,
+        model,
+        library: SampleLibrary,
+        *,
+        scenario: str,
+        batch_size: int = 8,
+        batch_timeout_ms: float = 0.0,
+        workers: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -75,15 +85,22 @@ class ResNet50SUT:
         self.error: BaseException | None = None
         self.batches: list[int] = []
         self._queue: queue.Queue = queue.Queue()
-        self._worker = threading.Thread(target=self._work, name="resnet50-sut", daemon=True)
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self._workers = [
+            threading.Thread(target=self._work, name=f"resnet50-sut-{i}", daemon=True) for i in range(workers)
+        ]
 
     def __enter__(self) -> ResNet50SUT:
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._queue.put(None)
-        self._worker.join()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join()
 
     def construct(self):
         import mlperf_loadgen as lg
@@ -112,7 +129,7 @@ class ResNet50SUT:
             except queue.Empty:
                 break
             if item is None or isinstance(item, list):
-                self._queue.put(item)  # not a single sample: leave it for the next round
+                self._queue.put(item)  # not a single sample: leave it for the next round (or worker)
                 break
             batch.append(item)
         return batch
