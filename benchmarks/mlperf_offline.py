@@ -3,13 +3,16 @@ to the strongest baseline measured in the same run — ``resnet50 bench`` infere
 (:func:`resnet50.bench.bench_infer`: one preprocessed batch run back to back, no LoadGen, no
 sample library), at the same batch size (Offline) and at batch 1 (SingleStream). With
 ``--backend openvino`` the SingleStream model is compiled for batch 1, as ``resnet50 mlperf
---scenario SingleStream`` loads it, and the batch-1 baseline runs on that same model.
+--scenario SingleStream`` loads it, and the batch-1 baseline runs on that same model. Each
+``--streams`` value gives an Offline row (``resnet50 mlperf --streams N``: N model streams, a
+harness worker each) next to ``bench --streams N``; SingleStream runs with one stream.
 
 The LoadGen runs use short settings (``min_duration`` = ``--duration``, ``min_query_count``
 low) on generated JPEGs; Offline's ``target_qps`` is set 1.5x above the measured baseline so
 the run is VALID. Weights: synthetic (same compute as MLPerf's). Writes JSON and a PNG chart.
 
     python benchmarks/mlperf_offline.py --precision fp32 int8 --backend onnxruntime openvino --duration 30
+    python benchmarks/mlperf_offline.py --precision int8 --backend openvino --streams 1 2
 """
 
 from __future__ import annotations
@@ -38,29 +41,47 @@ def build_dataset(count: int, cache: Path):
     return dataset
 
 
-def bench_precision(precision: str, backend: str, dataset, args, out_dir: Path) -> dict:
+def bench_precision(precision: str, backend: str, streams: int, dataset, args, out_dir: Path) -> dict:
     from resnet50 import ResNet50
     from resnet50.bench import bench_infer
     from resnet50.mlperf.run import RunOptions, run
 
-    name = f"{precision} {backend}"
-    model = ResNet50.load(precision=precision, threads=args.threads, backend=backend)
+    name = f"{precision} {backend}" + (f" {streams} streams" if streams > 1 else "")
+    logs = out_dir / name.replace(" ", "-")
+    model = ResNet50.load(precision=precision, threads=args.threads, backend=backend, streams=streams)
     print(f"[{name}] baseline: bench_infer batch {args.batch} for {args.duration}s", file=sys.stderr)
     baseline = bench_infer(model, batch=args.batch, duration=args.duration, warmup=1.0)
     print(f"[{name}]   {baseline.images_per_s} img/s", file=sys.stderr)
     target_qps = max(1.0, 1.5 * baseline.images_per_s)
     offline = run(
         model, dataset,
-        RunOptions(scenario="Offline", output=out_dir / f"{precision}-{backend}-offline", target_qps=target_qps,
+        RunOptions(scenario="Offline", output=logs / "offline", target_qps=target_qps,
                    min_duration_ms=int(args.duration * 1000), min_query_count=1, batch_size=args.batch),
     )  # fmt: skip
     print(f"[{name}]   LoadGen Offline {offline['metrics']['samples_per_second']} samples/s", file=sys.stderr)
+    offline_sps = offline["metrics"]["samples_per_second"]
+    row = {
+        "name": name,
+        "precision": precision,
+        "backend": backend,
+        "streams": streams,
+        "baseline_infer": baseline.to_dict(),
+        "offline": {
+            "result": offline["result"],
+            "samples_per_second": offline_sps,
+            "target_qps": target_qps,
+            "ratio_to_baseline": round(offline_sps / baseline.images_per_s, 3),
+        },
+        "singlestream": None,
+    }
+    if streams > 1:
+        return row  # SingleStream has one query in flight: one stream
     if backend == "openvino":  # as `resnet50 mlperf --scenario SingleStream` loads it
         model = ResNet50.load(precision=precision, threads=args.threads, backend=backend, batch_size=1)
     baseline_b1 = bench_infer(model, batch=1, duration=args.duration, warmup=1.0)
     single = run(
         model, dataset,
-        RunOptions(scenario="SingleStream", output=out_dir / f"{precision}-{backend}-singlestream",
+        RunOptions(scenario="SingleStream", output=logs / "singlestream",
                    target_latency_ms=baseline_b1.latency_ms["p50"], min_duration_ms=int(args.duration * 1000),
                    min_query_count=64),
     )  # fmt: skip
@@ -69,25 +90,13 @@ def bench_precision(precision: str, backend: str, dataset, args, out_dir: Path) 
         f"LoadGen SingleStream p90 {single['metrics']['percentile_latency_ms']:.3f} ms",
         file=sys.stderr,
     )
-    offline_sps = offline["metrics"]["samples_per_second"]
-    return {
-        "name": name,
-        "precision": precision,
-        "backend": backend,
-        "baseline_infer": baseline.to_dict(),
-        "baseline_infer_batch1": baseline_b1.to_dict(),
-        "offline": {
-            "result": offline["result"],
-            "samples_per_second": offline_sps,
-            "target_qps": target_qps,
-            "ratio_to_baseline": round(offline_sps / baseline.images_per_s, 3),
-        },
-        "singlestream": {
-            "result": single["result"],
-            "p90_latency_ms": single["metrics"]["percentile_latency_ms"],
-            "baseline_batch1_p90_ms": baseline_b1.latency_ms["p90"],
-        },
+    row["baseline_infer_batch1"] = baseline_b1.to_dict()
+    row["singlestream"] = {
+        "result": single["result"],
+        "p90_latency_ms": single["metrics"]["percentile_latency_ms"],
+        "baseline_batch1_p90_ms": baseline_b1.latency_ms["p90"],
     }
+    return row
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -104,9 +113,12 @@ def chart(rows: list[dict], path: Path) -> None:
     left.bar(x + 0.2, [r["offline"]["samples_per_second"] for r in rows], 0.4, label="LoadGen Offline")
     left.set(xticks=x, xticklabels=names, ylabel="samples/s", title="Offline throughput")
     left.legend()
-    right.bar(x - 0.2, [r["singlestream"]["baseline_batch1_p90_ms"] for r in rows], 0.4, label="bench batch 1")
-    right.bar(x + 0.2, [r["singlestream"]["p90_latency_ms"] for r in rows], 0.4, label="LoadGen SingleStream")
-    right.set(xticks=x, xticklabels=names, ylabel="p90 latency (ms)", title="SingleStream latency")
+    single = [r for r in rows if r["singlestream"]]
+    y = np.arange(len(single))
+    right.bar(y - 0.2, [r["singlestream"]["baseline_batch1_p90_ms"] for r in single], 0.4, label="bench batch 1")
+    right.bar(y + 0.2, [r["singlestream"]["p90_latency_ms"] for r in single], 0.4, label="LoadGen SingleStream")
+    right.set(xticks=y, xticklabels=[r["name"].replace(" ", "\n") for r in single], ylabel="p90 latency (ms)",
+              title="SingleStream latency")  # fmt: skip
     right.legend()
     fig.suptitle(f"ResNet50 v1.5 MLPerf harness, synthetic weights, {os.cpu_count()} CPUs")
     fig.tight_layout()
@@ -120,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per measurement (default 30)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1], help="Offline model streams (default 1)")
     parser.add_argument("--count", type=int, default=64, help="generated images in the sample library")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "mlperf_offline.json")
     args = parser.parse_args(argv)
@@ -128,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = build_dataset(args.count, Path(tmp) / "cache")
-        rows = [bench_precision(p, b, dataset, args, Path(tmp) / "logs") for p in args.precision for b in args.backend]
+        rows = [
+            bench_precision(p, b, n, dataset, args, Path(tmp) / "logs")
+            for p in args.precision
+            for b in args.backend
+            for n in args.streams
+        ]
     result = {
         "benchmark": "mlperf_offline",
         "weights": "synthetic",
