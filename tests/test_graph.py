@@ -96,30 +96,60 @@ def test_pads_fold_into_the_convolutions_with_identical_output(model_fp32, opset
         session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
         return session.run([SOFTMAX_OUTPUT], {INPUT_NAME: tensor})[0]
 
-    assert np.array_equal(softmax(folded.SerializeToString()), softmax(explicit))
+    np.testing.assert_allclose(softmax(folded.SerializeToString()), softmax(explicit), rtol=1e-6, atol=1e-7)
+
+
+def _pad_then_conv(pad: onnx.NodeProto, *, conv_attrs: dict | None = None, opset: int = 8, extra=()):
+    """A Pad feeding a 3x3 Conv, with the Pad's amounts/fill as initializers when given as inputs."""
+    from onnx import helper
+
+    inits = [onnx.numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")]
+    inits += [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in {"amounts": [0, 0, 1, 1, 0, 0, 1, 1]}.items()]
+    conv = helper.make_node("Conv", ["padded", "w"], ["y"], name="conv", **(conv_attrs or {}))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([pad, conv, *extra], "g", [x], [y], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _ops_after_folding(model) -> list[str]:
+    from resnet50.graph import fold_pads_into_convs
+
+    return [n.op_type for n in fold_pads_into_convs(model).graph.node]
 
 
 def test_pads_that_are_not_plain_zero_padding_stay():
     from onnx import helper
 
+    zero = {"pads": [0, 0, 1, 1, 0, 0, 1, 1]}
+    kept = [
+        _pad_then_conv(helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="reflect")),
+        _pad_then_conv(helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=1.0)),
+        _pad_then_conv(helper.make_node("Pad", ["x"], ["padded"], pads=[0, 1, 1, 1, 0, 0, 1, 1])),  # a channel
+        _pad_then_conv(helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, -1, 1, 0, 0, 1, 1])),  # a crop
+        _pad_then_conv(helper.make_node("Pad", ["x"], ["padded"], **zero), conv_attrs={"auto_pad": "SAME_UPPER"}),
+        # a second reader of the padded map
+        _pad_then_conv(
+            helper.make_node("Pad", ["x"], ["padded"], **zero), extra=[helper.make_node("Relu", ["padded"], ["r"])]
+        ),
+        # the fill is a graph input, not a constant: unknown until run time
+        _pad_then_conv(helper.make_node("Pad", ["x", "amounts", "fill"], ["padded"]), opset=11),
+    ]
+    for model in kept:
+        assert _ops_after_folding(model)[:2] == ["Pad", "Conv"]
+    weight_padded = _pad_then_conv(helper.make_node("Pad", ["x"], ["padded"], **zero))
+    weight_padded.graph.node[1].input[:] = ["x", "padded"]  # the Pad feeds the weight, not the data
+    assert _ops_after_folding(weight_padded) == ["Pad", "Conv"]
+
+
+def test_plain_zero_pads_add_to_the_convolution_pads():
+    from onnx import helper
+
     from resnet50.graph import fold_pads_into_convs
 
-    weight = onnx.numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
-
-    def graph_with(pad: onnx.NodeProto) -> onnx.ModelProto:
-        conv = helper.make_node("Conv", ["padded", "w"], ["y"], name="conv")
-        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])
-        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
-        graph = helper.make_graph([pad, conv], "g", [x], [y], initializer=[weight])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
-
-    kept = [
-        helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="reflect"),
-        helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=1.0),
-        helper.make_node("Pad", ["x"], ["padded"], pads=[0, 1, 1, 1, 0, 0, 1, 1]),  # a channel of padding
-    ]
-    for pad in kept:
-        assert [n.op_type for n in fold_pads_into_convs(graph_with(pad)).graph.node] == ["Pad", "Conv"]
-    plain = helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 2, 0, 0, 1, 2])
-    (conv,) = fold_pads_into_convs(graph_with(plain)).graph.node
-    assert conv.input[0] == "x" and [list(a.ints) for a in conv.attribute] == [[1, 2, 1, 2]]
+    attribute = helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 2, 0, 0, 1, 2])
+    (conv,) = fold_pads_into_convs(_pad_then_conv(attribute, conv_attrs={"pads": [1, 0, 0, 1]})).graph.node
+    assert conv.input[0] == "x" and [(a.name, list(a.ints)) for a in conv.attribute] == [("pads", [2, 2, 1, 3])]
+    as_input = _pad_then_conv(helper.make_node("Pad", ["x", "amounts"], ["padded"]), opset=11)
+    folded = fold_pads_into_convs(as_input).graph
+    assert [n.op_type for n in folded.node] == ["Conv"] and [t.name for t in folded.initializer] == ["w"]

@@ -367,7 +367,8 @@ def test_cli_accuracy_run_writes_every_log(imagenet, short_conf, tmp_path, capsy
 
 def test_cli_streams_run_the_model_and_the_harness_in_two(imagenet, short_conf, tmp_path, capsys):
     argv = ["mlperf", "--dataset", str(imagenet), "--scenario", "Offline", "--mode", "accuracy", "--streams", "2"]
-    argv += ["--output", str(tmp_path / "o"), "--user-conf", str(short_conf), "--cache", str(tmp_path / "c"), "--json"]
+    argv += ["--threads", "2", "--output", str(tmp_path / "o"), "--user-conf", str(short_conf)]
+    argv += ["--cache", str(tmp_path / "c"), "--json"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["streams"] == 2 and printed["accuracy"]["line"] == f"accuracy=100.000%, good={COUNT}, total={COUNT}"
@@ -402,6 +403,8 @@ def test_cli_lists_corrupt_files(imagenet, tmp_path, capsys):
          "resnet50 mlperf: error: /nonexistent/imagenet: no such data set folder"),
         (["--dataset", ".", "--scenario", "SingleStream", "--target-qps", "5"],
          "resnet50 mlperf: error: --target-qps applies to Offline and Server, not SingleStream"),
+        (["--dataset", ".", "--scenario", "MultiStream", "--streams", "2"],
+         "resnet50 mlperf: error: --streams applies to Offline and Server; MultiStream has one query in flight"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_one_line_exit_2(extra, message, capsys):

@@ -110,10 +110,32 @@ def test_int8_of_the_mlperf_file_layout_is_the_same_fused_graph(
     ]
     made_by = _producers(graph)
     assert all(made_by[n.input[0]].op_type == "DequantizeLinear" for n in graph.node if n.op_type == "Conv")
-    assert made_by[next(n for n in graph.node if n.op_type == "Softmax").input[0]].op_type in ("Gemm", "Identity")
+    logits = made_by[next(n for n in graph.node if n.op_type == "Softmax").input[0]]
+    while logits.op_type == "Identity":
+        logits = made_by[logits.input[0]]
+    assert logits.op_type == "Gemm"  # tf2onnx's MatMul + Add, folded, with float output
     result = fidelity(_softmax(ResNet50.load(model=source), fidelity_batch), _softmax(int8, fidelity_batch))
     print("int8 vs fp32, MLPerf layout", result)
     assert result["in_top5"] >= 0.99 and result["cosine"] >= 0.99
+
+
+def test_int8_refuses_a_graph_whose_batch_norm_was_not_folded(tmp_path, monkeypatch, model_fp32):
+    """quant_pre_process only logs a failed optimization; quantizing on would give half speed."""
+    import shutil
+
+    import onnx
+    import onnxruntime.quantization.shape_inference as pre
+
+    from mlperf_layout import folded_weights, tf_style_model
+    from resnet50.errors import ModelFileError
+    from resnet50.quantize import quantize
+
+    source = tmp_path / "resnet50_v1.onnx"
+    onnx.save(tf_style_model(folded_weights(model_fp32.source.path), 8), str(source))
+    monkeypatch.setattr(pre, "quant_pre_process", lambda given, optimized, **_: shutil.copy(given, optimized))
+    with pytest.raises(ModelFileError, match=r"resnet50_v1\.onnx: ONNX Runtime could not fold batch norm"):
+        quantize(source, tmp_path / "int8.onnx", count=8)
+    assert not (tmp_path / "int8.onnx").exists()
 
 
 def test_int8_native_equals_int8_python(model_int8):

@@ -189,6 +189,45 @@ def ensure_opset(model, minimum: int = OPSET):
         raise ModelFileError(f"model uses opset {_opset(model)} and could not be upgraded to {minimum}: {exc}") from exc
 
 
+def _is_onnx(node, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in ("", "ai.onnx")
+
+
+def _subgraph_inputs(graph) -> set[str]:
+    """Names read by the nodes of ``graph``'s subgraphs (If/Loop bodies), at any depth."""
+    from onnx import helper
+
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            value = helper.get_attribute_value(attribute)
+            for body in value if isinstance(value, list) else [value]:
+                if hasattr(body, "node"):
+                    names.update(name for inner in body.node for name in inner.input)
+                    names |= _subgraph_inputs(body)
+    return names
+
+
+def _zero_pad_amounts(pad, constant) -> list[int] | None:
+    """The 8 amounts of a Pad that fills with a constant 0 on the two spatial axes only, or
+    None when it does anything else or its amounts or fill are not fixed in the graph."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+    if attrs.get("mode", b"constant") != b"constant" or len(pad.input) > 3:  # opset 18 adds axes
+        return None
+    if "pads" in attrs:  # opset < 11
+        amounts, fill = np.asarray(attrs["pads"]), np.asarray(attrs.get("value", 0.0))
+    else:
+        amounts = constant(pad.input[1]) if len(pad.input) > 1 else None
+        fill = constant(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
+    if amounts is None or fill is None or amounts.shape != (8,) or np.any(fill != 0):
+        return None
+    if np.any(amounts < 0) or np.any(amounts[[0, 1, 4, 5]] != 0):
+        return None
+    return [int(a) for a in amounts]
+
+
 def fold_pads_into_convs(model):
     """Move each explicit zero ``Pad`` in front of a convolution (tf2onnx writes one before every
     strided convolution of the MLPerf file) into the convolution's own ``pads``: the same values,
@@ -196,35 +235,32 @@ def fold_pads_into_convs(model):
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    overridable = {i.name for i in graph.input}  # an initializer that is also an input can be fed
+    initializers = {t.name: t for t in graph.initializer if t.name not in overridable}
+
+    def constant(name: str):
+        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
+    kept_outside = {o.name for o in graph.output} | _subgraph_inputs(graph)
     folded = []
     for pad in graph.node:
-        if pad.op_type != "Pad" or pad.output[0] in outputs or len(pad.input) > 3:
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
-        if "pads" in attrs:  # opset < 11
-            amounts, value = np.asarray(attrs["pads"]), np.asarray(attrs.get("value", 0.0))
-        else:
-            amounts = constants.get(pad.input[1]) if len(pad.input) > 1 else None
-            value = constants.get(pad.input[2], np.zeros(())) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
-        users = consumers.get(pad.output[0], [])
-        if attrs.get("mode", b"constant") != b"constant" or amounts is None or amounts.shape != (8,):
-            continue
-        if np.any(value != 0) or np.any(amounts < 0) or np.any(amounts[[0, 1, 4, 5]] != 0):
-            continue
-        if len(users) != 1 or users[0].op_type != "Conv" or list(users[0].input).index(pad.output[0]) != 0:
+        users = consumers.get(pad.output[0], []) if _is_onnx(pad, "Pad") else []
+        if len(users) != 1 or pad.output[0] in kept_outside or not _is_onnx(users[0], "Conv"):
             continue
         conv = users[0]
+        amounts = _zero_pad_amounts(pad, constant)
         conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        if conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        auto_pad = conv_attrs.get("auto_pad", b"NOTSET")
+        if amounts is None or list(conv.input).count(pad.output[0]) != 1 or conv.input[0] != pad.output[0]:
+            continue  # the Pad must feed the data input only, never the weight
+        if auto_pad not in (b"NOTSET", b"VALID"):
             continue
-        own = conv_attrs.get("pads", [0, 0, 0, 0]) if conv_attrs.get("auto_pad", b"NOTSET") == b"NOTSET" else [0] * 4
-        pads = [int(amounts[2]) + own[0], int(amounts[3]) + own[1], int(amounts[6]) + own[2], int(amounts[7]) + own[3]]
+        own = conv_attrs.get("pads", [0, 0, 0, 0]) if auto_pad == b"NOTSET" else [0, 0, 0, 0]
+        pads = [amounts[2] + own[0], amounts[3] + own[1], amounts[6] + own[2], amounts[7] + own[3]]
         kept = [a for a in conv.attribute if a.name not in ("auto_pad", "pads")]
         del conv.attribute[:]
         conv.attribute.extend([*kept, helper.make_attribute("pads", pads)])
@@ -232,9 +268,13 @@ def fold_pads_into_convs(model):
         folded.append(pad)
     for pad in folded:
         graph.node.remove(pad)
-    used = {name for node in graph.node for name in node.input}
-    for amounts in [t for t in graph.initializer if t.name not in used and any(t.name in p.input for p in folded)]:
-        graph.initializer.remove(amounts)
+    gone = {pad.output[0] for pad in folded}
+    for info in [v for v in graph.value_info if v.name in gone]:
+        graph.value_info.remove(info)
+    used = {name for node in graph.node for name in node.input} | kept_outside
+    pad_inputs = {name for pad in folded for name in pad.input[1:]}
+    for unused in [t for t in graph.initializer if t.name in pad_inputs and t.name not in used]:
+        graph.initializer.remove(unused)
     return model
 
 

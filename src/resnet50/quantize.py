@@ -9,13 +9,14 @@ quantizes to the same fused graph as ours.
 
 Global pooling averages the dequantized map, so its rounding error averages away. The
 classifier (``Gemm``, or tf2onnx's ``MatMul`` + bias ``Add``) reads int8 weights (2 MB instead
-of OpenVINO's 4 MB of bf16: 0.35 -> 0.21 ms of its ~12 ms batch-1 run here) and the pooled
-features at their own finer 8-bit scale, but its output, the bias and the softmax stay float:
-quantized logits had ~90 distinct values out of 1001, which ties the top classes.
+of the 4 MB of bf16 OpenVINO ran: 0.35 -> 0.21 ms of its ~12 ms batch-1 run here) and the pooled
+features at their own finer 8-bit scale, with an int32 bias; its output and the softmax stay
+float: quantized logits had ~90 distinct values out of 1001, which ties the top classes.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .constants import INPUT_NAME
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelFileError
 from .weights import ModelSource
 
 # Relu is listed so the quantizer folds it into the ranges of what precedes it: ONNX Runtime
@@ -32,6 +33,7 @@ from .weights import ModelSource
 # leaving Relu in float between DequantizeLinear and QuantizeLinear).
 QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu", "Gemm", "MatMul"]
 _CLASSIFIER_OPS = ("Gemm", "MatMul")
+_RECIPE = 2  # 2: graph optimized first, int8 classifier with float logits
 DEFAULT_CALIBRATION_IMAGES = 64
 _CALIBRATION_SEED = 20_000
 _BATCH = 8
@@ -76,7 +78,7 @@ class _Reader:
         raise NotImplementedError
 
 
-def _optimized(model):
+def _optimized(model, source_path: str | os.PathLike):
     """``model`` as ONNX Runtime's basic optimizer leaves it (batch norm folded into the
     convolutions, tf2onnx's MatMul + Add classifier as one Gemm, constants folded), with zero
     Pads moved into the convolutions.
@@ -96,18 +98,28 @@ def _optimized(model):
         given, optimized = Path(scratch) / "given.onnx", Path(scratch) / "optimized.onnx"
         onnx.save(model, given)  # from a path: handed a ModelProto, it moves the weights out of the graph
         quant_pre_process(given, optimized, skip_symbolic_shape=True)
-        return fold_pads_into_convs(onnx.load(optimized))
+        result = onnx.load(optimized)
+    # quant_pre_process logs a failed optimization and goes on with the graph as it was.
+    if any(node.op_type == "BatchNormalization" for node in result.graph.node):
+        raise ModelFileError(
+            f"{source_path}: ONNX Runtime could not fold batch norm into the convolutions before int8 "
+            "quantization (its error is logged above); use the fp32 or bf16 precision"
+        )
+    return fold_pads_into_convs(result)
 
 
 def _name_nodes(model) -> None:
-    """Give every unnamed node a unique name: the quantizer excludes nodes by name."""
-    taken = {node.name for node in model.graph.node}
+    """Give every unnamed or twice-used node a name of its own: the quantizer excludes nodes by name."""
+    counts = collections.Counter(node.name for node in model.graph.node)
+    taken = set(counts)
     for index, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{index}"
-            while node.name in taken:
-                node.name += "_"
-            taken.add(node.name)
+        if not node.name or counts[node.name] > 1:
+            counts[node.name] -= 1
+            name = f"{node.name or node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def _after_classifier(model) -> list[str]:
@@ -118,20 +130,23 @@ def _after_classifier(model) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     pending = [out for node in model.graph.node if node.op_type in _CLASSIFIER_OPS for out in node.output]
-    found: dict[str, None] = {}
+    found: dict[int, str] = {}
     while pending:
         for node in consumers.get(pending.pop(), []):
-            if node.name not in found:
-                found[node.name] = None
+            if id(node) not in found:
+                found[id(node)] = node.name
                 pending.extend(node.output)
-    return list(found)
+    return list(found.values())
 
 
 def variant_name(calibration: str | os.PathLike | None, count: int) -> str:
-    """Cache name of the int8 variant: calibration set, kernel choice and recipe are part of it."""
+    """Cache name of the int8 variant: calibration set, kernel choice, recipe and the ONNX Runtime
+    that optimized and quantized the graph are part of it."""
+    import onnxruntime
+
     kernels = "vnni" if _uses_vnni() else "rr"
     source = os.path.abspath(calibration) if calibration else "generated"
-    what = f"{source}:{count}:{kernels}:{','.join(QUANTIZED_OPS)}:optimized"
+    what = f"{source}:{count}:{kernels}:{','.join(QUANTIZED_OPS)}:{_RECIPE}:{onnxruntime.__version__}"
     return f"int8-{hashlib.sha1(what.encode()).hexdigest()[:10]}"
 
 
@@ -149,7 +164,7 @@ def quantize(
 
     # load_onnx refuses a file that is not this model before any time is spent on it;
     # per-channel QuantizeLinear/DequantizeLinear need opset 13.
-    model = _optimized(ensure_opset(load_onnx(source_path), 13))
+    model = _optimized(ensure_opset(load_onnx(source_path), 13), source_path)
     _name_nodes(model)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InvalidInputError
 from .common import add_json_option, add_model_options, load_model, print_json, progress
 
 
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         audit_config=Path(args.audit_config) if args.audit_config else None,
     )
     options.check()
+    if (args.streams or 1) > 1 and args.scenario not in ("Offline", "Server"):
+        raise InvalidInputError(f"--streams applies to Offline and Server; {args.scenario} has one query in flight")
     loadgen()  # fail before loading anything when LoadGen is missing
     dataset = ImagenetDataset.from_val_map(args.dataset, count=args.count, val_map=args.val_map, cache_dir=args.cache)
     with progress(args, len(dataset), "preprocess") as update:

@@ -85,6 +85,7 @@ class ResNet50SUT:
         self.error: BaseException | None = None
         self.batches: list[int] = []
         self._queue: queue.Queue = queue.Queue()
+        self._collecting = threading.Lock()
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self._workers = [
@@ -136,17 +137,22 @@ class ResNet50SUT:
 
     def _work(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            self._complete(self._next_batch(first))
+            # One worker collects at a time, so a batch can fill for batch_timeout_ms without the
+            # idle workers taking its samples away.
+            with self._collecting:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = self._next_batch(first)
+            self._complete(batch)
 
     def _complete(self, samples: list) -> None:
         import mlperf_loadgen as lg
 
+        if self.error is not None:  # after a failure, answer the rest at once: the run reports it
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s in samples])
+            return
         try:
-            if self.error is not None:
-                raise self.error
             tensor = self.library.batch([s.index for s in samples])
             labels = encode_labels(labels_from_outputs(self.model.run(tensor, 1)))
             self.batches.append(len(samples))
