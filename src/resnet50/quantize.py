@@ -7,11 +7,11 @@ source model's checksum, so loading int8 never recalibrates. The graph is optimi
 (batch norm folded, Pads moved into the convolutions), so the MLPerf file's tf2onnx layout
 quantizes to the same fused graph as ours.
 
-Global pooling averages the dequantized map, so its rounding error averages away. The
-classifier (``Gemm``, or tf2onnx's ``MatMul`` + bias ``Add``) reads int8 weights (2 MB instead
-of the 4 MB of bf16 OpenVINO ran: 0.35 -> 0.21 ms of its ~12 ms batch-1 run here) and the pooled
-features at their own finer 8-bit scale, with an int32 bias; its output and the softmax stay
-float: quantized logits had ~90 distinct values out of 1001, which ties the top classes.
+The classifier, pooling and softmax stay float; so does the bias ``Add`` of tf2onnx's ``MatMul``
++ ``Add`` classifier, which the quantizer would otherwise round to ~90 distinct logits out of
+1001, tying the top classes. They cost 0.05% of the MACs. An int8 classifier was measured: within
+noise in speed (OpenVINO batch 1 +0.6%, batch 8 -0.8%; ONNX Runtime batch 8 -0.6%), and top-1
+agreement with fp32 fell from 87.5% to 84.5% on the fidelity test's 200 photos.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from .weights import ModelSource
 # Relu is listed so the quantizer folds it into the ranges of what precedes it: ONNX Runtime
 # then runs the whole body as QLinearConv/QLinearAdd in NHWC (measured 1.27x faster than
 # leaving Relu in float between DequantizeLinear and QuantizeLinear).
-QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu", "Gemm", "MatMul"]
+QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu"]
 _CLASSIFIER_OPS = ("Gemm", "MatMul")
-_RECIPE = 2  # 2: graph optimized first, int8 classifier with float logits
+_RECIPE = 2  # 2: the graph optimized first, nothing after the classifier quantized
 DEFAULT_CALIBRATION_IMAGES = 64
 _CALIBRATION_SEED = 20_000
 _BATCH = 8
@@ -182,7 +182,6 @@ def quantize(
         calibrate_method=CalibrationMethod.MinMax,
         calibration_cache_path=ranges_path(output_path),
         nodes_to_exclude=_after_classifier(model),
-        extra_options={"OpTypesToExcludeOutputQuantization": list(_CLASSIFIER_OPS)},
     )
     tmp.replace(output_path)
     return output_path
