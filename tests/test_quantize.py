@@ -189,3 +189,42 @@ def test_calibration_folder_gives_its_own_cached_model(tmp_path, model_int8):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInputError, match="empty: no calibration images found"):
         ResNet50.load(precision="int8", calibration=tmp_path / "empty")
+
+
+def test_calibration_list_names_its_images_relative_to_itself(tmp_path):
+    """MLPerf's calibration list holds bare file names of the validation folder: placed there, it
+    selects those images, in its order, and calibrates exactly like a folder of just them."""
+    from resnet50.quantize import _calibration_images
+    from resnet50.samples import write_jpegs
+
+    val = write_jpegs(tmp_path / "val", 6, seed=91_000)
+    chosen = [val[4], val[1], val[2]]
+    listed = tmp_path / "val" / "cal_image_list_option_1.txt"
+    listed.write_text("".join(f"{p.name}\n" for p in chosen) + "\n")
+    assert _calibration_images(listed, 64) == [str(p) for p in chosen]
+    assert _calibration_images(listed, 2) == [str(p) for p in chosen[:2]]  # the first `count`
+    (tmp_path / "blank.txt").write_text("\n\n")
+    with pytest.raises(InvalidInputError, match=r"blank\.txt: no calibration images found"):
+        _calibration_images(tmp_path / "blank.txt", 64)
+
+
+def test_calibration_list_runs_through_the_cli(tmp_path, capsys, monkeypatch):
+    from resnet50.cli import main
+    from resnet50.samples import write_jpegs
+
+    monkeypatch.setenv("RESNET50_HOME", str(tmp_path / "cache"))  # calibrate for real, not from cache
+    images = write_jpegs(tmp_path / "val", 4, seed=92_000)
+    (tmp_path / "val" / "cal.txt").write_text("\n".join(p.name for p in images[:3]))
+    assert (
+        main(["classify", str(images[3]), "--precision", "int8", "--calibration", str(tmp_path / "val" / "cal.txt")])
+        == 0
+    )
+    assert "img_00003.jpg" in capsys.readouterr().out
+    (tmp_path / "val" / "missing.txt").write_text("nope.jpg\n")
+    assert (
+        main(
+            ["classify", str(images[3]), "--precision", "int8", "--calibration", str(tmp_path / "val" / "missing.txt")]
+        )
+        == 2
+    )
+    assert "nope.jpg" in capsys.readouterr().err

@@ -60,8 +60,9 @@ class ResNet50:
         "fp32" (exact), "int8" (calibrated static quantization), "bf16" (OpenVINO on CPU, torch
         on CUDA) or "fp16" (CUDA); ``backend`` is "onnxruntime" (default), "openvino"
         (``pip install 'resnet50[openvino]'``) or "torch" (``device="cuda"``, ``resnet50[cuda]``).
-        ``calibration`` is a folder of images that int8 calibrates on (default: generated photos;
-        with the real weights, MLPerf's calibration images). ``streams=N`` splits the threads
+        ``calibration`` is a folder of images, or a list file of them (.txt, paths relative to
+        it), that int8 calibrates on: the first 64 (default: generated photos; with the real
+        weights, MLPerf's calibration images). ``streams=N`` splits the threads
         into N independent model runs that may proceed at once (``run`` from N threads): a
         server's concurrent requests then do not wait on each other's cores. ``spin_wait=True``
         keeps ONNX Runtime's idle inference threads busy-waiting: lower batch-1 latency when

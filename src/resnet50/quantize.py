@@ -45,16 +45,26 @@ def _uses_vnni() -> bool:
     return any(f in cpu_info()["features"] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def _calibration_images(folder: str | os.PathLike | None, count: int) -> list:
-    if folder is None:
+def _calibration_images(source: str | os.PathLike | None, count: int) -> list:
+    """The first ``count`` calibration images: generated photos, the images of a folder (sorted),
+    or those a list file names (one path per line, relative to the list, e.g. MLPerf's
+    ``cal_image_list_option_1.txt`` placed in the validation folder)."""
+    if source is None:
         from .samples import synthetic_batch
 
         return synthetic_batch(count, seed=_CALIBRATION_SEED)
+    from .batch.inputs import LIST_SUFFIXES, list_inputs
     from .files import expand_images
 
-    files = expand_images([os.fspath(folder)])[:count]
+    if Path(source).is_file() and Path(source).suffix.lower() in LIST_SUFFIXES:
+        try:
+            files = list_inputs(source)[:count]
+        except InvalidInputError:  # an empty list; reported below in calibration's words
+            files = []
+    else:
+        files = expand_images([os.fspath(source)])[:count]
     if not files:
-        raise InvalidInputError(f"{folder}: no calibration images found")
+        raise InvalidInputError(f"{source}: no calibration images found")
     return files
 
 

@@ -33,7 +33,10 @@ def add_model_options(
         help="default: onnxruntime (bf16: openvino; cuda: torch)",
     )
     group.add_argument(
-        "--calibration", metavar="DIR", help="int8: calibrate on these images (default: generated photos)"
+        "--calibration",
+        metavar="PATH",
+        help="int8: calibrate on the first 64 images of a folder or list file (.txt, paths relative to it; "
+        "default: generated photos)",
     )
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
