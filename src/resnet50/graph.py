@@ -189,6 +189,22 @@ def ensure_opset(model, minimum: int = OPSET):
         raise ModelFileError(f"model uses opset {_opset(model)} and could not be upgraded to {minimum}: {exc}") from exc
 
 
+def node_attributes(node) -> dict:
+    """An ONNX node's attributes as Python values, by name."""
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def consumers_of(graph) -> dict[str, list]:
+    """Each tensor name of ``graph`` with the nodes that read it, in graph order."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def _is_onnx(node, op_type: str) -> bool:
     return node.op_type == op_type and node.domain in ("", "ai.onnx")
 
@@ -211,9 +227,7 @@ def _subgraph_inputs(graph) -> set[str]:
 def _zero_pad_amounts(pad, constant) -> list[int] | None:
     """The 8 amounts of a Pad that fills with a constant 0 on the two spatial axes only, or
     None when it does anything else or its amounts or fill are not fixed in the graph."""
-    from onnx import helper
-
-    attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+    attrs = node_attributes(pad)
     if attrs.get("mode", b"constant") != b"constant" or len(pad.input) > 3:  # opset 18 adds axes
         return None
     if "pads" in attrs:  # opset < 11
@@ -241,10 +255,7 @@ def fold_pads_into_convs(model):
     def constant(name: str):
         return numpy_helper.to_array(initializers[name]) if name in initializers else None
 
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(graph)
     kept_outside = {o.name for o in graph.output} | _subgraph_inputs(graph)
     folded = []
     for pad in graph.node:
@@ -253,7 +264,7 @@ def fold_pads_into_convs(model):
             continue
         conv = users[0]
         amounts = _zero_pad_amounts(pad, constant)
-        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        conv_attrs = node_attributes(conv)
         auto_pad = conv_attrs.get("auto_pad", b"NOTSET")
         if amounts is None or list(conv.input).count(pad.output[0]) != 1 or conv.input[0] != pad.output[0]:
             continue  # the Pad must feed the data input only, never the weight

@@ -69,10 +69,10 @@ class ResNet50:
         nothing else needs the cores (a benchmark, a LoadGen run), slower everything else when
         something does. ``batch_size`` is the batch ``run`` will mostly get: OpenVINO compiles
         the model for exactly that size (int8 batch 1 here, four runs: 0.8-2.9% more images/s
-        on two streams, p90 up to 1.1 ms lower on one; no clear gain at batch 8). Other sizes still run, on a second
-        model compiled when the first one comes (that batch waits ~0.3 s, ~1 s without
-        OpenVINO's cache, and memory grows by 50-130 MB). The other backends take any size as
-        fast and ignore it.
+        on two streams, p90 up to 1.1 ms lower on one; no clear gain at batch 8). Other sizes
+        still run, on a second model compiled when the first one comes (that batch waits ~0.3 s,
+        ~1 s without OpenVINO's cache, and memory grows by 50-130 MB). The other backends take
+        any size as fast and ignore it.
         """
         from .variants import model_file
 

@@ -1,8 +1,8 @@
 """Static int8 quantization of the model with ONNX Runtime (QDQ, u8 activations, s8 weights).
 
 Weights are quantized per output channel; activation ranges come from a calibration pass
-over preprocessed images (generated photos by default, or a folder such as MLPerf's
-calibration list). The ranges are saved beside the quantized model, which is cached by the
+over preprocessed images (generated photos by default, or a folder or list file such as
+MLPerf's calibration list). The ranges are saved beside the quantized model, which is cached by the
 source model's checksum, so loading int8 never recalibrates. The graph is optimized first
 (batch norm folded, Pads moved into the convolutions), so the MLPerf file's tf2onnx layout
 quantizes to the same fused graph as ours.
@@ -135,10 +135,9 @@ def _name_nodes(model) -> None:
 def _after_classifier(model) -> list[str]:
     """Names of the nodes downstream of the classifier (its bias ``Add``, the softmax...), whose
     values must stay float."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    from .graph import consumers_of
+
+    consumers = consumers_of(model.graph)
     pending = [out for node in model.graph.node if node.op_type in _CLASSIFIER_OPS for out in node.output]
     found: dict[int, str] = {}
     while pending:

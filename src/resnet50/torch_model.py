@@ -22,7 +22,7 @@ import numpy as np
 
 from .constants import INPUT_NAME, NUM_CLASSES
 from .errors import ModelFileError
-from .graph import FEATURES, STAGES, ConvSpec, conv_specs, weight_shapes
+from .graph import FEATURES, STAGES, ConvSpec, consumers_of, conv_specs, node_attributes, weight_shapes
 from .weights import cache_dir, file_md5
 
 CONVERTER_VERSION = 1
@@ -49,7 +49,7 @@ class _Graph:
         self.source = source
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
         self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        self.consumers: dict[str, list] = {}
+        self.consumers = consumers_of(model.graph)
         for node in model.graph.node:
             if node.op_type == "Constant":
                 for attr in node.attribute:
@@ -57,8 +57,6 @@ class _Graph:
                         self.consts[node.output[0]] = numpy_helper.to_array(attr.t)
             elif node.input and node.input[0] in self.consts:
                 self._fold(node)
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
 
     def _fold(self, node) -> None:
         """Precompute Identity/Transpose/Reshape of constants (a converter may leave kernels HWIO)."""
@@ -82,9 +80,7 @@ class _Graph:
 
     @staticmethod
     def attrs(node) -> dict[str, Any]:
-        from onnx import helper
-
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return node_attributes(node)
 
     def only_user(self, tensor: str, what: str):
         users = self.users(tensor)

@@ -44,8 +44,6 @@ class OpenVinoBackend(Backend):
         from ..weights import cache_dir
 
         super().__init__(model_path)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         self.precision = precision
         self._core = ov.Core()
         self._config = {
