@@ -3,7 +3,7 @@
 All three run in the same process on the same generated JPEGs (weights: synthetic, same
 compute as MLPerf's), one after another:
 
-- ``baseline``: :func:`resnet50.pipeline.classify_stream`, results thrown away (the overlapped
+- ``baseline``: :func:`resnet50.apps.pipeline.classify_stream`, results thrown away (the overlapped
   pipeline ``resnet50 bench --mode e2e`` measures);
 - ``local``: ``run_batch(engine="local")`` writing Parquet;
 - ``ray``: ``run_batch(engine="ray")`` on a local Ray with ``--ray-cpus`` CPUs, writing Parquet
@@ -69,7 +69,7 @@ class RssSampler(threading.Thread):
 
 
 def images(folder: Path, count: int) -> list[str]:
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     return [str(p) for p in write_jpegs(folder, count)]
 
@@ -90,7 +90,7 @@ def linked_set(folder: Path, base: list[str], count: int) -> Path:
 
 
 def run_baseline(model, paths: list[str], batch: int) -> dict:
-    from resnet50.pipeline import classify_stream
+    from resnet50.apps.pipeline import classify_stream
 
     start = time.perf_counter()
     with RssSampler() as mem:
@@ -100,7 +100,7 @@ def run_baseline(model, paths: list[str], batch: int) -> dict:
 
 
 def run_engine(engine: str, model, paths: list[str], batch: int, out: Path, **options) -> dict:
-    from resnet50.batch import run_batch
+    from resnet50.apps.batch import run_batch
 
     with RssSampler() as mem:
         summary = run_batch(paths, out, engine=engine, model=model, batch_size=batch, overwrite=True, **options)
@@ -129,8 +129,8 @@ def memory_check(model, folder: Path, count: int, batch: int, out: Path) -> dict
     """Local engine on ``count`` images with stub compute; RSS sampled ~50 times as rows are written."""
     import psutil
 
-    from resnet50.batch import list_inputs
-    from resnet50.batch.writers import RowWriter
+    from resnet50.apps.batch import list_inputs
+    from resnet50.apps.batch.writers import RowWriter
 
     real = model.backend
     model.backend = StubBackend(real)

@@ -53,7 +53,7 @@ def reference_baseline(files: list[str], duration: float, warmup: float) -> dict
 
     sys.path.insert(0, str(HERE.parent / "tests"))
     from reference import pre_process_vgg
-    from resnet50.weights import resolve
+    from resnet50.weights.source import resolve
 
     session = ort.InferenceSession(str(resolve().path), providers=["CPUExecutionProvider"])
     i = count = 0
@@ -74,7 +74,7 @@ def reference_baseline(files: list[str], duration: float, warmup: float) -> dict
             if now - measuring >= duration:
                 break
     seconds = time.perf_counter() - measuring
-    from resnet50.bench import percentiles
+    from resnet50.apps.bench import percentiles
 
     return {"images_per_s": round(count / seconds, 2), "latency_ms": percentiles(latencies), "images": count}
 
@@ -116,7 +116,7 @@ def median_run(results: list[dict]) -> dict:
 
 def cold_start() -> float:
     """Seconds from a new process to the first label, with the model already cached."""
-    from resnet50.bench import default_images
+    from resnet50.apps.bench import default_images
 
     image = str(default_images()[0])
     start = time.perf_counter()
@@ -163,8 +163,8 @@ def main() -> None:
         parser.error("--repeat must be at least 1")
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
-    from resnet50.bench import default_images
-    from resnet50.cpu import cpu_info
+    from resnet50.apps.bench import default_images
+    from resnet50.core.cpu import cpu_info
 
     files = [str(p) for p in default_images()]
     for precision in ("fp32", "int8"):  # build and cache every model before anything is timed

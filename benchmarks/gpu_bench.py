@@ -123,7 +123,7 @@ def latency(backend, torch, device: str, iterations: int) -> dict:
 
 
 def make_backend(path: str, device: str, options: dict):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     return TorchBackend(path, device=device, **options)
 
@@ -137,7 +137,7 @@ def release(torch, device: str) -> None:
 
 
 def exact_inputs(images: list, workers: int) -> np.ndarray:
-    from resnet50.preprocess import normalize, preprocess_one
+    from resnet50.processing.preprocess import normalize, preprocess_one
 
     with ThreadPoolExecutor(workers) as pool:
         crops = np.stack([crop for crop, _ in pool.map(preprocess_one, images)])
@@ -146,7 +146,7 @@ def exact_inputs(images: list, workers: int) -> np.ndarray:
 
 def e2e_gpu(backend, blobs: list[bytes], batch: int, seconds: float, device: str, nvjpeg: bool) -> dict:
     """Images/s from JPEG bytes: GPU decode + GPU resize/crop + inference, ids copied back to the host."""
-    from resnet50.gpu_preprocess import GpuPreprocessor
+    from resnet50.runtime.torch.gpu_preprocess import GpuPreprocessor
 
     prep = GpuPreprocessor(device, nvjpeg=nvjpeg)
 
@@ -176,7 +176,7 @@ def e2e_gpu(backend, blobs: list[bytes], batch: int, seconds: float, device: str
 
 def e2e_exact(model, paths: list[str], batch: int, workers: int) -> dict:
     """Images/s of the exact CPU preprocessing (all workers) feeding the same backend, overlapped."""
-    from resnet50.pipeline import classify_stream
+    from resnet50.apps.pipeline import classify_stream
 
     start = time.perf_counter()
     count = sum(1 for r in classify_stream(model, paths, batch_size=batch, workers=workers) if r.ok)
@@ -279,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from resnet50.model import ResNet50
-    from resnet50.runtime.torch_backend import require_cuda
-    from resnet50.samples import write_jpegs
-    from resnet50.weights import resolve, warn_if_synthetic
+    from resnet50.api.model import ResNet50
+    from resnet50.core.samples import write_jpegs
+    from resnet50.runtime.torch.backend import require_cuda
+    from resnet50.weights.source import resolve, warn_if_synthetic
 
     device = args.device
     if device == "cuda":
@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         model = ResNet50(backend, source, precision=configs[best]["precision"], device=device, use_native=False)
         result["end_to_end"][f"exact_cpu_preprocess_{best}"] = e2e_exact(model, paths, e2e_batch, workers)
 
-        from resnet50.gpu_preprocess import GpuPreprocessor, compare_to_exact
         from resnet50.runtime.onnxruntime import OnnxRuntimeBackend
+        from resnet50.runtime.torch.gpu_preprocess import GpuPreprocessor, compare_to_exact
 
         images = paths[: min(count, 512)]
         with contextlib.suppress(ImportError):

@@ -3,7 +3,7 @@
 Three measurements, one after another, on the same generated JPEGs (weights: synthetic, the
 same compute as MLPerf's), so the ratios hold on any machine:
 
-1. ``baseline``: :func:`resnet50.pipeline.classify_stream` in this process (file read, decode
+1. ``baseline``: :func:`resnet50.apps.pipeline.classify_stream` in this process (file read, decode
    overlapped with batched inference: what ``resnet50 bench --mode e2e`` measures), images/s;
 2. ``closed``: ``--concurrency`` clients posting to ``/v1/classify`` back to back, ``--count``
    requests; throughput and its ratio to the baseline (goal ≥ 0.8);
@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "load_test.json")
     args = p.parse_args(argv)
-    from resnet50.cli.serve import serving_defaults
+    from resnet50.apps.serve.run import serving_defaults
 
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads)
     if args.count < 1 or args.concurrency < 1 or args.duration <= 0 or not 0 < args.load <= 2:
@@ -113,7 +113,7 @@ def load_model(args, streams: int = 1, batch_size: int | None = None):
 
 def baseline(args, paths: list[str]) -> dict:
     """In-process end-to-end throughput: files in, labels out, decode overlapped with inference."""
-    from resnet50.pipeline import classify_stream
+    from resnet50.apps.pipeline import classify_stream
 
     model = load_model(args)  # as bench --mode e2e loads it: a last smaller batch compiles nothing new
     batch = args.baseline_batch
@@ -136,7 +136,7 @@ def baseline(args, paths: list[str]) -> dict:
 
 def service_times(model, paths: list[str], max_batch: int, repeats: int = 8) -> dict[int, float]:
     """Median ms of one model run per batch size 1..max_batch, alone on the machine."""
-    from resnet50.preprocess import preprocess
+    from resnet50.processing.preprocess import preprocess
 
     chosen = [paths[i % len(paths)] for i in range(max_batch)]  # a full batch even when --count is smaller
     tensor, _ = preprocess(chosen, with_scaling=model.input_dtype != np.uint8)
@@ -160,7 +160,7 @@ def stream_service_times(args, paths: list[str]) -> dict[int, float]:
 
 def prepare_ms(paths: list[str]) -> float:
     """Median ms to decode and crop one of the test JPEGs (what the server does before queueing)."""
-    from resnet50.preprocess import preprocess
+    from resnet50.processing.preprocess import preprocess
 
     runs = []
     for path in paths[:64]:
@@ -492,8 +492,8 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from resnet50.samples import write_jpegs
-    from resnet50.weights import cache_dir
+    from resnet50.core.cache import cache_dir
+    from resnet50.core.samples import write_jpegs
 
     folder = cache_dir() / "bench-images"
     paths = [str(p) for p in write_jpegs(folder, args.count)]

@@ -1,6 +1,6 @@
 """Benchmark the MLPerf harness: LoadGen Offline samples/s and SingleStream p90 latency, each next
 to the strongest baseline measured in the same run — ``resnet50 bench`` inference only
-(:func:`resnet50.bench.bench_infer`: one preprocessed batch run back to back, no LoadGen, no
+(:func:`resnet50.apps.bench.bench_infer`: one preprocessed batch run back to back, no LoadGen, no
 sample library), at the same batch size (Offline) and at batch 1 (SingleStream). With
 ``--backend openvino`` the SingleStream model is compiled for batch 1, as ``resnet50 mlperf
 --scenario SingleStream`` loads it, and the batch-1 baseline runs on that same model. Each
@@ -29,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def build_dataset(count: int, cache: Path):
-    from resnet50.mlperf.dataset import ImagenetDataset, write_val_map
-    from resnet50.samples import write_jpegs
-    from resnet50.weights import cache_dir
+    from resnet50.apps.imagenet import ImagenetDataset, write_val_map
+    from resnet50.core.cache import cache_dir
+    from resnet50.core.samples import write_jpegs
 
     root = cache_dir() / "bench_imagenet"
     paths = write_jpegs(root, count, seed=7000)
@@ -43,8 +43,8 @@ def build_dataset(count: int, cache: Path):
 
 def bench_precision(precision: str, backend: str, streams: int, dataset, args, out_dir: Path) -> dict:
     from resnet50 import ResNet50
-    from resnet50.bench import bench_infer
-    from resnet50.mlperf.run import RunOptions, run
+    from resnet50.apps.bench import bench_infer
+    from resnet50.apps.mlperf.run import RunOptions, run
 
     name = f"{precision} {backend}" + (f" {streams} streams" if streams > 1 else "")
     logs = out_dir / name.replace(" ", "-")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "mlperf_offline.json")
     args = parser.parse_args(argv)
 
-    from resnet50.cpu import cpu_info
+    from resnet50.core.cpu import cpu_info
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = build_dataset(args.count, Path(tmp) / "cache")

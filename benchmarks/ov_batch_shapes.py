@@ -3,7 +3,7 @@
 ``ResNet50.load(batch_size=N, backend="openvino")`` compiles the model for exactly that
 batch (static shapes); without it the model takes any batch (a dynamic dimension). Three
 configurations, each timed as ``resnet50 bench --mode infer`` times it
-(:func:`resnet50.bench.bench_infer`: one caller thread per stream) on both models in
+(:func:`resnet50.apps.bench.bench_infer`: one caller thread per stream) on both models in
 interleaved rounds (the machines here are shared: a noisy second moves one round, not the
 comparison); images/s and latency percentiles are the medians of the rounds':
 
@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from resnet50 import ResNet50
-    from resnet50.bench import bench_infer
-    from resnet50.cpu import cpu_info
+    from resnet50.apps.bench import bench_infer
+    from resnet50.core.cpu import cpu_info
 
     tensor = np.random.default_rng(0).integers(0, 256, (8, 3, 224, 224), dtype=np.uint8)
     pairs = {}

@@ -48,9 +48,9 @@ def main(argv=None) -> int:
 
     import openvino as ov
 
-    from resnet50.cpu import physical_cores
-    from resnet50.variants import model_file
-    from resnet50.weights import resolve
+    from resnet50.core.cpu import physical_cores
+    from resnet50.derived.variants import model_file
+    from resnet50.weights.source import resolve
 
     path = model_file(resolve(), "int8")
     core = ov.Core()

@@ -4,11 +4,11 @@ Three timings over the built-in generated JPEGs (ImageNet sizes, mostly 500x375)
 thread, interleaved rounds, median per image:
 
 - ``reference``: the reference harness's ``cv2.imread`` + ``pre_process_vgg`` (float32 CHW);
-- ``ours, float``: :func:`resnet50.preprocess` (the same tensor, bit for bit);
+- ``ours, float``: :func:`resnet50.processing.preprocess` (the same tensor, bit for bit);
 - ``ours, uint8 crop``: ``preprocess(..., with_scaling=False)``, what the fused graph takes;
 
 and, split by stage on decoded images, the full INTER_AREA resize + crop against our
-crop-only resize (:func:`resnet50.preprocess.center_crop_uint8`). Every output is checked
+crop-only resize (:func:`resnet50.processing.preprocess.center_crop_uint8`). Every output is checked
 equal to the reference before anything is timed. Writes ``results/preprocess_bench.json``
 and a PNG.
 
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     import cv2
 
     from reference import center_crop, pre_process_vgg, resize_with_aspectratio
-    from resnet50.bench import default_images
-    from resnet50.cpu import cpu_info
-    from resnet50.preprocess import center_crop_uint8, decode, preprocess
+    from resnet50.apps.bench import default_images
+    from resnet50.core.cpu import cpu_info
+    from resnet50.processing.preprocess import center_crop_uint8, decode, preprocess
 
     cv2.setNumThreads(1)  # one core, as the reference figure is quoted
     files = [str(p) for p in default_images()]
@@ -104,8 +104,8 @@ def chart(medians: dict, path: Path) -> None:
 
     labels = {
         "reference": "MLPerf reference\nimread + pre_process_vgg",
-        "ours_float": "resnet50.preprocess\n(float32, identical)",
-        "ours_uint8": "resnet50.preprocess\n(uint8 crop, fused graph)",
+        "ours_float": "resnet50.processing.preprocess\n(float32, identical)",
+        "ours_uint8": "resnet50.processing.preprocess\n(uint8 crop, fused graph)",
         "full_resize_crop": "resize whole image\n+ crop (decoded)",
         "crop_only_resize": "crop-only resize\n(decoded, identical)",
     }

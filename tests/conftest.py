@@ -48,7 +48,7 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
     import cv2
     from PIL import Image
 
-    from resnet50.samples import synthetic_image
+    from resnet50.core.samples import synthetic_image
 
     root = tmp_path_factory.mktemp("images")
     base = synthetic_image(1, 375, 500)

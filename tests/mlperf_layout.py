@@ -23,7 +23,7 @@ def tf_style_model(weights: dict[str, np.ndarray], opset: int):
     classifier and an Identity before the Softmax."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from resnet50.graph import STAGES, conv_specs
+    from resnet50.graph.spec import STAGES, conv_specs
 
     rng = np.random.default_rng(7)
     nodes, inits = [], []

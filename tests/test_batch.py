@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet50.batch import COLUMNS, classify_dataset, list_inputs, run_batch
-from resnet50.batch.writers import RowWriter, parts_dir
+from resnet50.apps.batch import COLUMNS, classify_dataset, list_inputs, run_batch
+from resnet50.apps.batch.writers import RowWriter, parts_dir
 from resnet50.cli import main
-from resnet50.errors import InputNotFoundError, InvalidInputError
+from resnet50.core.errors import InputNotFoundError, InvalidInputError
 
 GOOD = 10
 
@@ -22,7 +22,7 @@ GOOD = 10
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
     """A folder of generated JPEGs plus a corrupt and a truncated one, and a list naming a missing file."""
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     root = tmp_path_factory.mktemp("batch")
     images = root / "images"
@@ -193,7 +193,7 @@ def test_retry_errors_classifies_fixed_files_again(dataset, local_rows, model_fp
 
 
 def test_resume_picks_up_the_parts_of_a_killed_parquet_run(dataset, local_rows, model_fp32, tmp_path):
-    from resnet50.batch.rows import to_table
+    from resnet50.apps.batch.rows import to_table
 
     out = tmp_path / "results.parquet"
     killed = RowWriter(out, flush_rows=1)
@@ -284,7 +284,7 @@ def ray_local():
 
 
 def test_ray_engine_gives_the_same_rows_as_local(ray_local, dataset, local_rows, model_fp32, tmp_path):
-    from resnet50.batch.ray_engine import iter_tables
+    from resnet50.apps.batch.ray_engine import iter_tables
 
     ds = classify_dataset(dataset["images"], engine="ray", model=model_fp32)
     ray_rows = [row for table in iter_tables(ds) for row in table.to_pylist()]
@@ -298,7 +298,7 @@ def test_ray_engine_gives_the_same_rows_as_local(ray_local, dataset, local_rows,
 
 
 def test_ray_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, dataset, local_rows, model_fp32, tmp_path):
-    from resnet50.batch.ray_engine import RayClassifier
+    from resnet50.apps.batch.ray_engine import RayClassifier
 
     marker = str(tmp_path / "killed-once")
 
@@ -333,8 +333,8 @@ def test_ray_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, datase
 
 
 def test_ray_worker_on_other_weights_fails_the_job_with_one_clear_error(ray_local, dataset):
-    from resnet50.batch.ray_engine import build_dataset, iter_tables
-    from resnet50.errors import BackendUnavailableError
+    from resnet50.apps.batch.ray_engine import build_dataset, iter_tables
+    from resnet50.core.errors import BackendUnavailableError
 
     ds = build_dataset(list_inputs(dataset["images"]), md5="0" * 32)  # the driver "runs" another file
     with pytest.raises(
@@ -354,8 +354,8 @@ def test_cli_ray_engine_reuses_a_running_ray_and_leaves_it_up(ray_local, dataset
 
 
 def test_unreachable_ray_address_fails_fast_with_one_line():
-    from resnet50.batch.ray_engine import _check_reachable
-    from resnet50.errors import BackendUnavailableError
+    from resnet50.apps.batch.ray_engine import _check_reachable
+    from resnet50.core.errors import BackendUnavailableError
 
     with pytest.raises(
         BackendUnavailableError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1: Connection refused"

@@ -29,7 +29,7 @@ def test_bench_spin_wait_reaches_the_onnxruntime_session(model_fp32):
 
 
 def test_bench_e2e_reports_stages(model_fp32, tmp_path):
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     write_jpegs(tmp_path, 6)
     result = _bench("--mode", "e2e", "--precision", "fp32", "--images", str(tmp_path), "--batch", "2")
@@ -55,7 +55,7 @@ def test_bench_infer_keeps_every_stream_busy():
     import numpy as np
     import pytest
 
-    from resnet50.bench import bench_infer
+    from resnet50.apps.bench import bench_infer
 
     class TwoStreams:
         backend = type("Backend", (), {"streams": 2, "threads": 2, "name": "stub"})()

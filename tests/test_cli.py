@@ -44,7 +44,7 @@ def test_classify_bad_files_exit_2_and_keep_going(sample_photos, tmp_path):
 
 
 def test_classify_folder(tmp_path):
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     write_jpegs(tmp_path, 3)
     proc = resnet50("classify", str(tmp_path), "--json", "--top", "1")

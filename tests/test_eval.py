@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resnet50.apps.evaluate import centred_logits, evaluate, row_cosine
+from resnet50.apps.imagenet import ImagenetDataset, write_val_map
 from resnet50.cli import main
-from resnet50.errors import InvalidInputError
-from resnet50.evaluate import centred_logits, evaluate, row_cosine
-from resnet50.mlperf.dataset import ImagenetDataset, write_val_map
+from resnet50.core.errors import InvalidInputError
 
 COUNT = 8
 
@@ -19,7 +19,7 @@ COUNT = 8
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, model_fp32) -> tuple[Path, list]:
     """ImageNet layout labelled with the fp32 model's own top-1; also returns its top-5 per image."""
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     root = tmp_path_factory.mktemp("imagenet")
     paths = write_jpegs(root, COUNT, seed=300)

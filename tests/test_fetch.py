@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 
 from resnet50 import ChecksumError, DownloadError
-from resnet50.fetch import fetch
+from resnet50.weights.fetch import fetch
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

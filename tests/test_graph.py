@@ -4,9 +4,9 @@ import numpy as np
 import onnx
 import pytest
 
-from resnet50.constants import ARGMAX_OUTPUT, INPUT_NAME, SOFTMAX_OUTPUT
-from resnet50.graph import build_model, conv_specs, weight_shapes
-from resnet50.weights import synthetic_weights
+from resnet50.core.constants import ARGMAX_OUTPUT, INPUT_NAME, SOFTMAX_OUTPUT
+from resnet50.graph.spec import build_model, conv_specs, weight_shapes
+from resnet50.weights.synthetic import synthetic_weights
 
 
 def test_v15_has_53_convs_with_stride_on_the_3x3():
@@ -73,9 +73,9 @@ def test_pads_fold_into_the_convolutions_with_identical_output(model_fp32, opset
     import onnxruntime as ort
 
     from mlperf_layout import folded_weights, tf_style_model
-    from resnet50.graph import fold_pads_into_convs
-    from resnet50.preprocess import preprocess
-    from resnet50.samples import synthetic_batch
+    from resnet50.core.samples import synthetic_batch
+    from resnet50.graph.rewrite import fold_pads_into_convs
+    from resnet50.processing.preprocess import preprocess
 
     model = tf_style_model(folded_weights(model_fp32.source.path), opset)
     explicit = model.SerializeToString()
@@ -113,7 +113,7 @@ def _pad_then_conv(pad: onnx.NodeProto, *, conv_attrs: dict | None = None, opset
 
 
 def _ops_after_folding(model) -> list[str]:
-    from resnet50.graph import fold_pads_into_convs
+    from resnet50.graph.rewrite import fold_pads_into_convs
 
     return [n.op_type for n in fold_pads_into_convs(model).graph.node]
 
@@ -145,7 +145,7 @@ def test_pads_that_are_not_plain_zero_padding_stay():
 def test_plain_zero_pads_add_to_the_convolution_pads():
     from onnx import helper
 
-    from resnet50.graph import fold_pads_into_convs
+    from resnet50.graph.rewrite import fold_pads_into_convs
 
     attribute = helper.make_node("Pad", ["x"], ["padded"], pads=[0, 0, 1, 2, 0, 0, 1, 2])
     (conv,) = fold_pads_into_convs(_pad_then_conv(attribute, conv_attrs={"pads": [1, 0, 0, 1]})).graph.node

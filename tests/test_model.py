@@ -8,9 +8,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from resnet50 import Classification, InvalidInputError, ModelFileError, ResNet50, postprocess, preprocess
-from resnet50.graph import build_model
-from resnet50.samples import synthetic_batch
-from resnet50.weights import resolve
+from resnet50.core.samples import synthetic_batch
+from resnet50.graph.spec import build_model
+from resnet50.weights.source import resolve
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from resnet50 import InvalidInputError
-from resnet50.pipeline import StageTimes, classify_stream
-from resnet50.samples import write_jpegs
+from resnet50.apps.pipeline import StageTimes, classify_stream
+from resnet50.core.samples import write_jpegs
 
 
 @pytest.fixture(scope="module")

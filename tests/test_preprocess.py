@@ -6,7 +6,7 @@ import pytest
 
 from reference import pre_process_vgg, reference_tensor
 from resnet50 import ImageDecodeError, InputNotFoundError, InvalidInputError, preprocess
-from resnet50.preprocess import center_crop_uint8, normalize, resized_size
+from resnet50.processing.preprocess import center_crop_uint8, normalize, resized_size
 
 KINDS = [
     "jpeg", "png", "bmp", "webp", "gray", "gray_jpeg", "rgba", "png16", "small", "tiny",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from resnet50 import InvalidInputError, ResNet50
-from resnet50.preprocess import preprocess
-from resnet50.quantize import ranges_path
-from resnet50.samples import synthetic_batch
+from resnet50.core.samples import synthetic_batch
+from resnet50.derived.quantize import ranges_path
+from resnet50.processing.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_nothing_after_a_tf2onnx_classifier_is_quantized(model_fp32):
     """Unfused, tf2onnx's classifier is MatMul + bias Add: the Add (a quantized op type) and all
     after it are excluded, so the logits are never rounded to 8 bits."""
     from mlperf_layout import folded_weights, tf_style_model
-    from resnet50.quantize import _after_classifier, _name_nodes
+    from resnet50.derived.quantize import _after_classifier, _name_nodes
 
     model = tf_style_model(folded_weights(model_fp32.source.path), 11)
     _name_nodes(model)
@@ -138,8 +138,8 @@ def test_int8_refuses_a_graph_whose_batch_norm_was_not_folded(tmp_path, monkeypa
     import onnxruntime.quantization.shape_inference as pre
 
     from mlperf_layout import folded_weights, tf_style_model
-    from resnet50.errors import ModelFileError
-    from resnet50.quantize import quantize
+    from resnet50.core.errors import ModelFileError
+    from resnet50.derived.quantize import quantize
 
     source = tmp_path / "resnet50_v1.onnx"
     onnx.save(tf_style_model(folded_weights(model_fp32.source.path), 8), str(source))
@@ -157,7 +157,7 @@ def test_int8_native_equals_int8_python(model_int8):
 
 def test_bf16_openvino_meets_fidelity_goals(model_fp32, fidelity_batch):
     pytest.importorskip("openvino")
-    from resnet50.cpu import cpu_info
+    from resnet50.core.cpu import cpu_info
 
     if "avx512_bf16" not in cpu_info()["features"] and "amx_bf16" not in cpu_info()["features"]:
         pytest.skip("this CPU has no bf16 instructions")
@@ -180,7 +180,7 @@ def test_bf16_needs_openvino():
 
 
 def test_calibration_folder_gives_its_own_cached_model(tmp_path, model_int8):
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     write_jpegs(tmp_path / "cal", 8, seed=90_000)
     custom = ResNet50.load(precision="int8", calibration=tmp_path / "cal")
@@ -194,8 +194,8 @@ def test_calibration_folder_gives_its_own_cached_model(tmp_path, model_int8):
 def test_calibration_list_names_its_images_relative_to_itself(tmp_path):
     """MLPerf's calibration list holds bare file names of the validation folder: placed there, it
     selects those images, in its order, and calibrates exactly like a folder of just them."""
-    from resnet50.quantize import _calibration_images
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
+    from resnet50.derived.quantize import _calibration_images
 
     val = write_jpegs(tmp_path / "val", 6, seed=91_000)
     chosen = [val[4], val[1], val[2]]
@@ -210,7 +210,7 @@ def test_calibration_list_names_its_images_relative_to_itself(tmp_path):
 
 def test_calibration_list_runs_through_the_cli(tmp_path, capsys, monkeypatch):
     from resnet50.cli import main
-    from resnet50.samples import write_jpegs
+    from resnet50.core.samples import write_jpegs
 
     monkeypatch.setenv("RESNET50_HOME", str(tmp_path / "cache"))  # calibrate for real, not from cache
     images = write_jpegs(tmp_path / "val", 4, seed=92_000)

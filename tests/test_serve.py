@@ -512,7 +512,7 @@ class _RecordingModel:
 
 
 def _run_batcher(coro_factory, model=None, **kwargs):
-    from resnet50.serve.batcher import Batcher
+    from resnet50.apps.serve.batcher import Batcher
 
     model = model or _RecordingModel()
 
@@ -653,7 +653,7 @@ def test_batcher_with_two_streams_spreads_a_backlog_over_both():
 
 
 def test_batcher_admission_limit():
-    from resnet50.serve.batcher import Overloaded
+    from resnet50.apps.serve.batcher import Overloaded
 
     async def work(batcher):
         tickets = [batcher.admit(), batcher.admit()]
@@ -729,9 +729,9 @@ def test_listening_socket_disables_nagle():
     """Accepted connections inherit TCP_NODELAY; without it keep-alive clients wait ~40 ms per response."""
     import socket
 
-    from resnet50.cli.serve import _bind
+    from resnet50.apps.serve.run import bind
 
-    sock = _bind("127.0.0.1", 0)
+    sock = bind("127.0.0.1", 0)
     try:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert sock.getsockname()[0] == "127.0.0.1"
@@ -751,6 +751,6 @@ def test_listening_socket_disables_nagle():
     ],
 )
 def test_serving_defaults(given, want):
-    from resnet50.cli.serve import serving_defaults
+    from resnet50.apps.serve.run import serving_defaults
 
     assert serving_defaults(*given) == want

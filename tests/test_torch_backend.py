@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlperf_layout import folded_weights, tf_style_model
-from resnet50.errors import BackendUnavailableError, InvalidInputError, ModelFileError
+from resnet50.core.errors import BackendUnavailableError, InvalidInputError, ModelFileError
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
@@ -33,7 +33,7 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU visibl
 @pytest.fixture(scope="module")
 def varied(sample_photos, image_files):
     """Exact float32 inputs of 8 varied images: photos, gray, tiny, wide, tall."""
-    from resnet50.preprocess import preprocess
+    from resnet50.processing.preprocess import preprocess
 
     images = [*sample_photos[:4], *(image_files[k] for k in ("gray_jpeg", "tiny", "wide", "tall"))]
     tensor, _ = preprocess(images)
@@ -59,7 +59,7 @@ def _torch_softmax(module, tensor: np.ndarray) -> np.ndarray:
 
 @needs_torch
 def test_converted_module_equals_onnxruntime_opset11(model_fp32, varied):
-    from resnet50.torch_model import load_module
+    from resnet50.runtime.torch.convert import load_module
 
     expected = model_fp32.run(varied)["softmax_tensor:0"]
     got = _torch_softmax(load_module(model_fp32.source.path), varied)
@@ -72,8 +72,8 @@ def test_converted_module_equals_onnxruntime_opset11(model_fp32, varied):
 def test_opset8_build_converts_to_the_same_weights(model_fp32, varied, tmp_path, monkeypatch):
     import onnx
 
-    from resnet50.graph import build_model
-    from resnet50.torch_model import load_converted, load_module
+    from resnet50.graph.spec import build_model
+    from resnet50.runtime.torch.convert import load_converted, load_module
 
     weights = folded_weights(model_fp32.source.path)
     monkeypatch.setenv("RESNET50_HOME", str(tmp_path / "cache"))  # a fresh cache: really convert
@@ -92,7 +92,7 @@ def test_opset8_build_converts_to_the_same_weights(model_fp32, varied, tmp_path,
 def test_tensorflow_style_graph_is_mapped_by_structure(model_fp32, varied, tmp_path, opset):
     import onnx
 
-    from resnet50.torch_model import build_module, convert
+    from resnet50.runtime.torch.convert import build_module, convert
 
     model = tf_style_model(folded_weights(model_fp32.source.path), opset)
     path = tmp_path / f"tf{opset}.onnx"
@@ -112,7 +112,7 @@ def test_tensorflow_style_graph_is_mapped_by_structure(model_fp32, varied, tmp_p
 def test_resnet_v1_layout_is_refused_naming_the_layer(model_fp32):
     import onnx
 
-    from resnet50.torch_model import convert
+    from resnet50.runtime.torch.convert import convert
 
     model = onnx.load(str(model_fp32.source.path))
     for node in model.graph.node:  # ResNet v1 puts the stride on the first 1x1 conv
@@ -128,8 +128,8 @@ def test_resnet_v1_layout_is_refused_naming_the_layer(model_fp32):
 
 @needs_torch
 def test_cache_is_keyed_by_md5_and_survives_corruption(model_fp32, tmp_path, monkeypatch):
-    from resnet50 import torch_model
-    from resnet50.weights import file_md5
+    from resnet50.core.cache import file_md5
+    from resnet50.runtime.torch import convert as torch_model
 
     monkeypatch.setenv("RESNET50_HOME", str(tmp_path))
     path = model_fp32.source.path
@@ -161,7 +161,7 @@ def test_cache_is_keyed_by_md5_and_survives_corruption(model_fp32, tmp_path, mon
 
 @needs_torch
 def test_backend_on_cpu_equals_onnxruntime(model_fp32, varied):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     backend = TorchBackend(str(model_fp32.source.path), device="cpu")
     expected = model_fp32.run(varied[:4])
@@ -175,8 +175,8 @@ def test_backend_on_cpu_equals_onnxruntime(model_fp32, varied):
 
 @needs_torch
 def test_native_backend_on_cpu_equals_native_onnx_model(model_native, sample_photos):
-    from resnet50.model import ResNet50
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.api.model import ResNet50
+    from resnet50.runtime.torch.backend import TorchBackend
 
     backend = TorchBackend(str(model_native.source.path), device="cpu", native=True)
     torch_model = ResNet50(backend, model_native.source, precision="fp32", device="cpu", use_native=True)
@@ -193,7 +193,7 @@ def test_native_backend_on_cpu_equals_native_onnx_model(model_native, sample_pho
 
 @needs_torch
 def test_backend_rejects_bad_options(model_fp32):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     path = str(model_fp32.source.path)
     with pytest.raises(
@@ -210,7 +210,7 @@ def test_backend_rejects_bad_options(model_fp32):
 
 
 def test_missing_torch_is_one_clear_line(model_fp32, monkeypatch):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     with pytest.raises(BackendUnavailableError) as err:
@@ -223,8 +223,8 @@ def test_missing_torch_is_one_clear_line(model_fp32, monkeypatch):
 def test_no_cuda_device_is_one_clear_line(model_fp32):
     import torch
 
-    from resnet50.gpu_preprocess import GpuPreprocessor
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
+    from resnet50.runtime.torch.gpu_preprocess import GpuPreprocessor
 
     for make in (lambda: TorchBackend(str(model_fp32.source.path), device="cuda"), lambda: GpuPreprocessor("cuda")):
         with pytest.raises(BackendUnavailableError) as err:
@@ -236,7 +236,8 @@ def test_no_cuda_device_is_one_clear_line(model_fp32):
 
 def test_import_stays_light():
     code = (
-        "import sys, resnet50, resnet50.torch_model, resnet50.runtime.torch_backend, resnet50.gpu_preprocess; "
+        "import sys, resnet50, resnet50.runtime.torch.convert, resnet50.runtime.torch.backend, "
+        "resnet50.runtime.torch.gpu_preprocess; "
         "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -248,7 +249,7 @@ def test_import_stays_light():
 
 @needs_torch
 def test_gpu_resize_crop_matches_opencv(image_files, sample_photos):
-    from resnet50.gpu_preprocess import compare_to_exact
+    from resnet50.runtime.torch.gpu_preprocess import compare_to_exact
 
     enlarged = compare_to_exact([image_files["small"], image_files["tiny"]])  # short side < 256: fixed point
     assert enlarged["max_abs_diff"] == 0
@@ -262,8 +263,8 @@ def test_gpu_resize_crop_matches_opencv(image_files, sample_photos):
 def test_gpu_resize_crop_integer_ratio_is_exact():
     import cv2
 
-    from resnet50.gpu_preprocess import compare_to_exact
-    from resnet50.samples import synthetic_image
+    from resnet50.core.samples import synthetic_image
+    from resnet50.runtime.torch.gpu_preprocess import compare_to_exact
 
     ok, data = cv2.imencode(".png", synthetic_image(11, 512, 768))  # exactly 2x: OpenCV's fast path
     assert ok
@@ -272,7 +273,7 @@ def test_gpu_resize_crop_integer_ratio_is_exact():
 
 @needs_torch
 def test_gpu_preprocessor_reports_bad_inputs_in_place(image_files, tmp_path):
-    from resnet50.gpu_preprocess import GpuPreprocessor
+    from resnet50.runtime.torch.gpu_preprocess import GpuPreprocessor
 
     truncated = tmp_path / "cut.jpg"
     truncated.write_bytes(image_files["jpeg"].read_bytes()[:2000])
@@ -297,7 +298,7 @@ def _margins(softmax: np.ndarray) -> np.ndarray:
 @needs_cuda
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 2e-3), ("fp16", 2e-2), ("bf16", 6e-2)])
 def test_cuda_precisions_agree_with_cpu_fp32(model_fp32, varied, precision, tolerance):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     backend = TorchBackend(str(model_fp32.source.path), device="cuda", precision=precision)
     expected = model_fp32.run(varied)["softmax_tensor:0"]
@@ -309,7 +310,7 @@ def test_cuda_precisions_agree_with_cpu_fp32(model_fp32, varied, precision, tole
 
 @needs_cuda
 def test_cuda_graphs_equal_eager_for_every_batch_size(model_fp32, varied):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     path = str(model_fp32.source.path)
     graphs = TorchBackend(path, device="cuda", precision="fp16")
@@ -325,8 +326,8 @@ def test_cuda_graphs_equal_eager_for_every_batch_size(model_fp32, varied):
 def test_cuda_graphs_are_keyed_by_input_dtype(model_fp32, sample_photos):
     import torch
 
-    from resnet50.preprocess import normalize, preprocess
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.processing.preprocess import normalize, preprocess
+    from resnet50.runtime.torch.backend import TorchBackend
 
     backend = TorchBackend(str(model_fp32.source.path), device="cuda", precision="fp32")
     crops, _ = preprocess(sample_photos[:3], with_scaling=False)
@@ -337,7 +338,7 @@ def test_cuda_graphs_are_keyed_by_input_dtype(model_fp32, sample_photos):
 
 @needs_cuda
 def test_cuda_native_top_k_equals_cpu_native(model_native, sample_photos):
-    from resnet50.runtime.torch_backend import TorchBackend
+    from resnet50.runtime.torch.backend import TorchBackend
 
     backend = TorchBackend(str(model_native.source.path), device="cuda", precision="fp32", native=True)
     tensor, _ = model_native.preprocess(sample_photos)
@@ -349,8 +350,8 @@ def test_cuda_native_top_k_equals_cpu_native(model_native, sample_photos):
 @needs_cuda
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="nvJPEG decoding needs torchvision")
 def test_nvjpeg_pipeline_is_close_to_exact(image_files, sample_photos):
-    from resnet50.gpu_preprocess import GpuPreprocessor, compare_to_exact
-    from resnet50.preprocess import preprocess_one
+    from resnet50.processing.preprocess import preprocess_one
+    from resnet50.runtime.torch.gpu_preprocess import GpuPreprocessor, compare_to_exact
 
     jpegs = [image_files[k] for k in ("jpeg", "small", "wide", "square", "odd", "gray_jpeg")]
     stats = compare_to_exact([*jpegs, sample_photos[3]], device="cuda", nvjpeg=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import (
+from resnet50.api.model import ResNet50
+from resnet50.core.errors import (
     BackendUnavailableError,
     ChecksumError,
     DownloadError,
@@ -12,9 +13,8 @@ from .errors import (
     ModelFileError,
     ResNet50Error,
 )
-from .model import ResNet50
-from .postprocess import Classification, Prediction, postprocess
-from .preprocess import PreprocessContext, preprocess
+from resnet50.processing.postprocess import Classification, Prediction, postprocess
+from resnet50.processing.preprocess import PreprocessContext, preprocess
 
 __version__ = "0.1.0"
 

@@ -6,13 +6,13 @@ import argparse
 import importlib
 import sys
 
-from ..errors import ResNet50Error
+from resnet50.core.errors import ResNet50Error
 
 COMMANDS = ("classify", "info", "fetch", "export", "bench", "eval", "mlperf", "serve", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from resnet50 import __version__
 
     parser = argparse.ArgumentParser(
         prog="resnet50",

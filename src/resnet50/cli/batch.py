@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_option, add_model_options, model_options, print_json, show_progress
+from resnet50.cli.common import add_json_option, add_model_options, model_options, print_json, show_progress
 
 
 def register(subparsers) -> None:
@@ -39,8 +39,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import run_batch
-    from ..errors import InvalidInputError
+    from resnet50.apps.batch import run_batch
+    from resnet50.core.errors import InvalidInputError
 
     if args.resume and args.overwrite:
         raise InvalidInputError("--resume and --overwrite contradict each other; pick one")

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..files import expand_images
-from .common import add_json_option, add_model_options, model_options, print_json
+from resnet50.cli.common import add_json_option, add_model_options, model_options, print_json
+from resnet50.core.files import expand_images
 
 
 def register(subparsers) -> None:
@@ -31,9 +31,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import bench_e2e, bench_infer
-    from ..errors import InvalidInputError
-    from ..model import ResNet50
+    from resnet50.api.model import ResNet50
+    from resnet50.apps.bench import bench_e2e, bench_infer
+    from resnet50.core.errors import InvalidInputError
 
     if args.batch < 1 or args.duration <= 0 or args.warmup < 0:
         raise InvalidInputError("--batch must be >= 1, --duration > 0 and --warmup >= 0")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..files import expand_images
-from .common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.core.files import expand_images
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInputError
-    from ..pipeline import classify_stream
+    from resnet50.apps.pipeline import classify_stream
+    from resnet50.core.errors import InvalidInputError
 
     if not 1 <= args.top <= 1000:
         raise InvalidInputError(f"--top must be in 1..1000, got {args.top}")

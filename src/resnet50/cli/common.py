@@ -77,7 +77,7 @@ def model_options(args: argparse.Namespace) -> dict:
 
 def load_model(args: argparse.Namespace, **overrides):
     """``ResNet50.load`` with the command's model options, and ``overrides`` (e.g. ``batch_size``)."""
-    from ..model import ResNet50
+    from resnet50.api.model import ResNet50
 
     return ResNet50.load(**{**model_options(args), **overrides})
 

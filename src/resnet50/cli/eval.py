@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..files import expand_images
-from .common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.core.files import expand_images
 
 
 def register(subparsers) -> None:
@@ -31,10 +31,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInputError
-    from ..evaluate import evaluate
-    from ..mlperf.dataset import ImagenetDataset
-    from ..model import ResNet50
+    from resnet50.api.model import ResNet50
+    from resnet50.apps.evaluate import evaluate
+    from resnet50.apps.imagenet import ImagenetDataset
+    from resnet50.core.errors import InvalidInputError
 
     if args.images and not args.compare:
         raise InvalidInputError("--images has no labels to score against: add --compare PRECISION")

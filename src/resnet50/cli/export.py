@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from .common import add_json_option, add_model_options, load_model, print_json
+from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInputError
+    from resnet50.core.errors import InvalidInputError
 
     model = load_model(args)
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..constants import MLPERF_FILES
-from .common import add_json_option, print_json, show_progress
+from resnet50.cli.common import add_json_option, print_json, show_progress
+from resnet50.core.constants import MLPERF_FILES
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fetch import fetch
-    from ..weights import file_md5
+    from resnet50.core.cache import file_md5
+    from resnet50.weights.fetch import fetch
 
     path = fetch(
         args.release, url=args.url, md5=args.md5, dest=args.output, timeout=args.timeout, progress=show_progress(args)

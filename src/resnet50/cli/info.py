@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_option, add_model_options, load_model, print_json
+from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json
 
 
 def register(subparsers) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import InvalidInputError
-from .common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.core.errors import InvalidInputError
 
 
 def register(subparsers) -> None:
@@ -54,9 +54,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..mlperf.dataset import ImagenetDataset
-    from ..mlperf.run import RunOptions, loadgen
-    from ..mlperf.run import run as run_test
+    from resnet50.apps.imagenet import ImagenetDataset
+    from resnet50.apps.mlperf.run import RunOptions, loadgen
+    from resnet50.apps.mlperf.run import run as run_test
 
     options = RunOptions(
         scenario=args.scenario,

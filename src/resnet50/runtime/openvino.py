@@ -6,10 +6,12 @@ import threading
 
 import numpy as np
 
-from ..constants import INPUT_SIZE
-from ..cpu import physical_cores
-from ..errors import BackendUnavailableError, ModelFileError
-from .base import Backend, StreamPool, TensorSpec, first_line, has_image_shape, image_input
+from resnet50.core.cache import cache_dir
+from resnet50.core.constants import INPUT_SIZE
+from resnet50.core.cpu import physical_cores
+from resnet50.core.errors import BackendUnavailableError, ModelFileError
+from resnet50.graph.interface import TensorSpec, has_image_shape, image_input
+from resnet50.runtime.base import Backend, StreamPool, first_line
 
 # OpenVINO's Python layer initialises C++ function statics on the first infer of the process
 # (Type.to_dtype), running Python code inside them. Two threads doing their first infer at
@@ -41,8 +43,6 @@ class OpenVinoBackend(Backend):
             import openvino as ov
         except ImportError:
             raise BackendUnavailableError("backend 'openvino' needs: pip install 'resnet50[openvino]'") from None
-        from ..weights import cache_dir
-
         super().__init__(model_path)
         self.precision = precision
         self._core = ov.Core()

@@ -1,0 +1,368 @@
+"""The FastAPI application: ``/v1/classify``, KServe v2, ``/metrics`` and the web page.
+
+Bodies are read with a size cap (413), decoding and preprocessing run in a thread pool,
+inference goes through the shared :class:`~resnet50.apps.serve.batcher.Batcher`, and every
+error a client can cause is a 4xx JSON ``{"error": "..."}`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from resnet50.apps.serve import v2
+from resnet50.apps.serve.batcher import Batcher, Overloaded
+from resnet50.apps.serve.metrics import CONTENT_TYPE, Metrics
+from resnet50.core.errors import ImageDecodeError, InvalidInputError, ResNet50Error
+from resnet50.processing.postprocess import postprocess
+from resnet50.processing.preprocess import PreprocessContext, normalize, preprocess_one
+
+MODEL_NAME = "resnet50"
+_ERROR_REASONS = {400: "bad_input", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
+
+
+class ImageTooLarge(InvalidInputError):
+    """An image that declares more pixels than the server decodes (answered with 413)."""
+
+
+def check_pixels(data: bytes, source: str, limit: int) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels before it is decoded: a
+    file of a few kB can declare gigapixels. An image whose header Pillow cannot read is refused
+    too (OpenCV would decode some such formats, e.g. Radiance HDR, with no size check first)."""
+    if not data:
+        return  # decode() names the empty input
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:  # past Pillow's own limit (~179 MP by default)
+        raise ImageTooLarge(f"{source}: {exc} (this server decodes at most {limit / 1e6:g} megapixels)") from None
+    except Exception:
+        raise ImageDecodeError(
+            f"{source}: not a decodable image in a format the server accepts (JPEG, PNG, WebP, BMP, TIFF, PNM)"
+        ) from None
+    if width * height > limit:
+        raise ImageTooLarge(
+            f"{source}: image is {width}x{height} ({width * height / 1e6:.1f} megapixels); this server "
+            f"decodes at most {limit / 1e6:g} megapixels (--max-megapixels)"
+        )
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int, size: int | None = None):
+        got = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"request body too large: {got}, the limit is {limit} bytes (--max-body-mb)")
+
+
+def create_app(
+    model,
+    *,
+    max_batch: int = 8,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 64,
+    max_body_mb: float = 32.0,
+    max_megapixels: float = 100.0,
+    workers: int = 2,
+    log=None,
+) -> AccountingApp:
+    """An ASGI app serving ``model`` (the FastAPI app is its ``.app``); the batcher and decode
+    threads live as long as the app runs (its lifespan)."""
+    metrics = Metrics({"weights": model.weights, "precision": model.precision, "backend": model.backend.name})
+    batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
+    max_body = int(max_body_mb * 1024 * 1024)
+    max_pixels = int(max_megapixels * 1e6)
+    log = log or (lambda message: print(f"resnet50 serve: {message}", file=sys.stderr, flush=True))
+    counts = {"accepted": 0, "answered": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="resnet50-decode")
+        batcher.start()
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            await batcher.stop()
+            app.state.pool.shutdown(wait=True)
+            log(f"stopped; answered {counts['answered']} of {counts['accepted']} requests accepted")
+
+    app = FastAPI(title="resnet50", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.ready = False
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.counts = counts
+
+    def model_fields(started: float) -> dict:
+        return {
+            "weights": model.weights,
+            "model": MODEL_NAME,
+            "precision": model.precision,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    async def in_pool(func, *args):
+        return await asyncio.get_running_loop().run_in_executor(app.state.pool, func, *args)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            await _discard(request, 64 * 1024 * 1024)
+            raise BodyTooLarge(max_body, int(declared))
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                await _discard(request, 64 * 1024 * 1024)
+                raise BodyTooLarge(max_body)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
+        check_pixels(data, source, max_pixels)
+        crop, size = preprocess_one(data, source)
+        crop = crop[None]
+        return (crop if model.input_dtype == np.uint8 else normalize(crop)), size
+
+    # --- /v1/classify ---
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        """An image as the raw body or multipart ``file`` field(s); ``?top_k=`` (default 5)."""
+        started = time.perf_counter()
+        top_k = _top_k(request.query_params.get("top_k", "5"))
+        ticket = batcher.admit()
+        timing = {}
+        try:
+            body = await read_body(request)
+            images = await _images(request, body)
+            timing["read"] = time.perf_counter() - started
+            prepared = await asyncio.gather(*(in_pool(prepare, data, source) for data, source in images))
+            tensor = prepared[0][0] if len(prepared) == 1 else np.concatenate([p[0] for p in prepared])
+            timing["prepare"] = time.perf_counter() - started - timing["read"]
+            outputs = await batcher.infer(tensor, top_k, ticket, timing)
+        finally:
+            batcher.release(ticket)
+        ctx = PreprocessContext([s for _, s in images], [p[1] for p in prepared], batched=True)
+        results = postprocess(outputs, ctx, top_k)
+        fields = model_fields(started)
+        rows = [
+            {"predictions": [{"label": p.label, "class_id": p.class_id, "score": p.score} for p in r.predictions]}
+            for r in results
+        ]
+        headers = {"Server-Timing": server_timing(timing, fields["latency_ms"])}
+        if request.state.multi:
+            content = [{"filename": s, **row, **fields} for (_, s), row in zip(images, rows)]
+            return JSONResponse(content, headers=headers)
+        return JSONResponse({**rows[0], **fields}, headers=headers)
+
+    # --- KServe / Open Inference Protocol v2 ---
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "resnet50", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        if not app.state.ready:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def metadata(name: str, version: str = "1"):
+        _check_model(name, version)
+        return v2.model_metadata(model, MODEL_NAME)
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1"):
+        _check_model(name, version)
+        return JSONResponse({"name": MODEL_NAME, "ready": app.state.ready}, status_code=200 if app.state.ready else 503)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(request: Request, name: str, version: str = "1"):
+        _check_model(name, version)
+        ticket = batcher.admit()
+        try:
+            body = await read_body(request)
+            parsed = await in_pool(v2.parse_request, body, request.headers.get(v2.HEADER_LENGTH), model)
+            outputs = await batcher.infer(parsed.tensor, parsed.top_k, ticket)
+        finally:
+            batcher.release(ticket)
+        content, headers, media_type = await in_pool(v2.encode_response, outputs, parsed, MODEL_NAME)
+        return Response(content, headers=headers, media_type=media_type)
+
+    # --- metrics and page ---
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    # --- errors: always JSON {"error": ...}, never a 500 for bad input ---
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(ResNet50Error)
+    async def bad_input(request: Request, exc: ResNet50Error):
+        return error(400, str(exc))
+
+    @app.exception_handler(ImageTooLarge)
+    async def too_many_pixels(request: Request, exc: ImageTooLarge):
+        return error(413, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge):
+        return error(413, str(exc), {"Connection": "close"})
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        return error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = (
+            exc.detail
+            if exc.status_code != 404 or exc.detail != "Not Found"
+            else f"no such endpoint: {request.url.path}"
+        )
+        if exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        return error(exc.status_code, str(message), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(400, f"{where}: {first.get('msg', 'invalid request')}")
+
+    return AccountingApp(app, metrics, counts)
+
+
+def server_timing(timing: dict, total_ms: float) -> str:
+    """The ``Server-Timing`` header (shown by browsers' network tools) of one classify request:
+    where its time went, in ms."""
+    parts = [f"{name};dur={timing[name] * 1000:.2f}" for name in ("read", "prepare", "queue") if name in timing]
+    if "infer" in timing:
+        parts.append(f'infer;dur={timing["infer"] * 1000:.2f};desc="batch of {timing["batch"]}"')
+    return ", ".join([*parts, f"total;dur={total_ms:.2f}"])
+
+
+def _check_model(name: str, version: str) -> None:
+    if name != MODEL_NAME:
+        raise StarletteHTTPException(404, f"unknown model {name!r}; this server has {MODEL_NAME!r}")
+    if version != "1":
+        raise StarletteHTTPException(404, f"model {MODEL_NAME!r} has no version {version!r}; it has '1'")
+
+
+def _top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInputError(f"top_k must be an integer in 1..1000, got {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise InvalidInputError(f"top_k must be in 1..1000, got {value}")
+    return value
+
+
+async def _images(request: Request, body: bytes) -> list[tuple[bytes, str]]:
+    """The encoded images of a ``/v1/classify`` request, each with a name for messages."""
+    request.state.multi = False
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        if not body:
+            raise InvalidInputError("empty request body; send an image as the body or as multipart field 'file'")
+        return [(body, "request body")]
+    from starlette.formparsers import MultiPartException
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=256, max_fields=256)
+    except MultiPartException as exc:
+        raise InvalidInputError(f"malformed multipart body: {exc.message}") from None
+    except StarletteHTTPException as exc:  # how Starlette reports a parse error inside an app
+        raise InvalidInputError(f"malformed multipart body: {exc.detail}") from None
+    uploads = form.getlist("file") + form.getlist("files")
+    if not uploads:
+        raise InvalidInputError("multipart body has no 'file' field; send the image as field 'file'")
+    images = []
+    for i, upload in enumerate(uploads):
+        if isinstance(upload, str):
+            raise InvalidInputError(f"multipart field 'file' #{i + 1} is text, not a file upload")
+        images.append((await upload.read(), upload.filename or f"file #{i + 1}"))
+    await form.close()
+    request.state.multi = len(images) > 1
+    return images
+
+
+async def _discard(request: Request, limit: int) -> None:
+    """Read and drop what the client still sends (up to ``limit``), so it can read our 413."""
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except Exception:  # the client went away; nothing to answer
+        return
+
+
+class AccountingApp:
+    """ASGI wrapper: counts and times every HTTP request, by endpoint and status code."""
+
+    def __init__(self, app: FastAPI, metrics: Metrics, counts: dict):
+        self.app, self.metrics, self.counts = app, metrics, counts
+        self.state = app.state
+        self._endpoints = {"/", "/metrics", "/v1/classify", "/v2", "/v2/health/live", "/v2/health/ready"}
+
+    def _endpoint(self, path: str) -> str:
+        if path in self._endpoints:
+            return path
+        if path.startswith("/v2/models/"):
+            return "/v2/models/{name}/infer" if path.endswith("/infer") else "/v2/models/{name}"
+        return "other"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        endpoint = self._endpoint(scope["path"])
+        status = {"code": 500}
+        self.counts["accepted"] += 1
+
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._done(endpoint, status["code"], started)
+
+        await self.app(scope, receive, recording_send)
+
+    def _done(self, endpoint: str, code: int, started: float) -> None:
+        self.counts["answered"] += 1
+        self.metrics.requests.inc(endpoint, str(code))
+        self.metrics.latency.observe(time.perf_counter() - started, endpoint)
+        if code >= 400:
+            self.metrics.errors.inc(endpoint, _ERROR_REASONS.get(code, "internal" if code >= 500 else "bad_input"))

@@ -1,0 +1,37 @@
+"""Runnable model files derived from a source model, built once and cached by checksum.
+
+A variant is named by its precision and whether the pre/postprocessing is fused
+(``native``). The plain fp32 variant is the source file itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from resnet50.core.errors import ModelFileError
+from resnet50.derived.files import cached_variant, load_onnx
+from resnet50.derived.quantize import DEFAULT_CALIBRATION_IMAGES, int8_model, variant_name
+from resnet50.graph.rewrite import with_topk, with_uint8_input
+from resnet50.weights.source import ModelSource
+
+
+def native(base_path: Path):
+    """The base model with uint8 input (means inside) and fused top-k."""
+    return with_topk(with_uint8_input(load_onnx(base_path)))
+
+
+def model_file(
+    source: ModelSource, precision: str = "fp32", use_native: bool = False, calibration: str | os.PathLike | None = None
+) -> Path:
+    """The file to run for this source, precision and postprocessing choice."""
+    if precision in ("fp32", "bf16"):  # bf16 is the backend's execution precision of the fp32 file
+        base, name = source.path, "fp32"
+    elif precision == "int8":
+        base = int8_model(source, calibration)
+        name = variant_name(calibration, DEFAULT_CALIBRATION_IMAGES)
+    else:
+        raise ModelFileError(f"precision {precision!r} has no ONNX model file; choose fp32, bf16 or int8")
+    if not use_native:
+        return base
+    return cached_variant(source, f"{name}-native", lambda _: native(base))

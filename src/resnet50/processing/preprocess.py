@@ -1,0 +1,212 @@
+"""Preprocessing that equals the MLPerf reference pipeline bit for bit.
+
+Reference (``mlcommons/inference`` ``pre_process_vgg``): ``cv2.imread`` → RGB → INTER_AREA
+resize so the short side is 256 → center crop 224 → float32 minus the RGB means → CHW.
+Two reorderings here are exact, not approximations: the colour swap happens after the
+resize (INTER_AREA treats channels independently) and the crop happens on uint8 before
+the float conversion, which is what makes this path faster than the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet50.core.constants import INPUT_SIZE, MEANS_RGB, RESIZE_SHORT_SIDE
+from resnet50.core.errors import ImageDecodeError, InputNotFoundError, InvalidInputError
+
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Any
+
+_MEANS = np.asarray(MEANS_RGB, dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+@dataclass
+class PreprocessContext:
+    """What postprocessing needs to know about the images behind a tensor."""
+
+    sources: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # original (height, width)
+    batched: bool = True
+
+
+def describe(image: ImageInput) -> str:
+    """A short name for an input, used in error messages and results."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"<{len(image)} bytes>"
+    if isinstance(image, np.ndarray):
+        return f"<array {'x'.join(map(str, image.shape))} {image.dtype}>"
+    if _is_pil(image):
+        return f"<PIL image {image.mode} {image.width}x{image.height}>"
+    return f"<{type(image).__name__}>"
+
+
+def _is_pil(image: Any) -> bool:
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "convert")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, or :class:`InputNotFoundError` naming it."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{os.fspath(path)}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{os.fspath(path)}: is a directory, not an image") from None
+    except PermissionError:
+        raise InvalidInputError(f"{os.fspath(path)}: permission denied") from None
+
+
+def _check_complete(data: bytes, source: str) -> None:
+    """Refuse files cut short, which decoders would otherwise pad with gray silently."""
+    if data[:3] == b"\xff\xd8\xff":
+        # FF D9 cannot occur inside entropy-coded data, so a whole JPEG ends its last scan with EOI.
+        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            raise ImageDecodeError(f"{source}: truncated JPEG (no end-of-image marker after the last scan)")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-16:]:
+            raise ImageDecodeError(f"{source}: truncated PNG (no IEND chunk)")
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data):
+        raise ImageDecodeError(f"{source}: truncated WebP (file shorter than its RIFF header says)")
+    elif data[:2] == b"BM" and len(data) >= 6 and int.from_bytes(data[2:6], "little") > len(data):
+        raise ImageDecodeError(f"{source}: truncated BMP (file shorter than its header says)")
+
+
+def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes like ``cv2.imread(path, IMREAD_COLOR)``: BGR uint8 HxWx3.
+
+    Gray is expanded, alpha dropped, 16-bit reduced to 8, EXIF orientation applied.
+    """
+    import cv2
+
+    data = bytes(data)
+    if not data:
+        raise ImageDecodeError(f"{source}: empty input, not an image")
+    _check_complete(data, source)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV raises on some headers, e.g. more pixels than CV_IO_MAX_IMAGE_PIXELS
+        raise ImageDecodeError(f"{source}: not a decodable image ({exc.err or 'OpenCV error'})") from None
+    if image is None:
+        raise ImageDecodeError(f"{source}: not a decodable image (JPEG, PNG, BMP, WebP, TIFF ...)")
+    return image
+
+
+def to_bgr(image: ImageInput, source: str | None = None) -> np.ndarray:
+    """Any supported input as a BGR uint8 HxWx3 array; ``source`` names it in errors
+    (default: :func:`describe`)."""
+    import cv2
+
+    source = source or describe(image)
+    if isinstance(image, (str, os.PathLike)):
+        return decode(read_bytes(image), source)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode(image, source)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise InvalidInputError(f"{source}: expected a uint8 BGR image array, got dtype {image.dtype}")
+        if image.ndim == 2:
+            return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if image.ndim == 3 and image.shape[2] == 3:
+            return image
+        if image.ndim == 3 and image.shape[2] == 4:
+            return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        raise InvalidInputError(f"{source}: expected an HxWx3 BGR (or HxW gray) image array, got shape {image.shape}")
+    if _is_pil(image):
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I"):  # 16/32-bit gray: keep the high byte, as OpenCV reduces 16-bit
+            gray = (np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+            return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
+    raise InvalidInputError(
+        f"{source}: unsupported input type; give a path, encoded bytes, a BGR uint8 array or a PIL image"
+    )
+
+
+def resized_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) after the aspect-preserving resize, computed as the reference does."""
+    if height > width:
+        return int(RESIZE_SHORT_SIDE * height / width), RESIZE_SHORT_SIDE
+    return RESIZE_SHORT_SIDE, int(RESIZE_SHORT_SIDE * width / height)
+
+
+#: Largest resized image (before the crop) preprocessing builds: 32 MP is 96 MB, an aspect
+#: ratio of ~490:1. The reference would resize a 1x100000 strip to 256x25,600,000 (19.7 GB).
+MAX_RESIZED_PIXELS = 32 * 1024 * 1024
+
+
+def center_crop_uint8(bgr: np.ndarray, source: str = "image") -> np.ndarray:
+    """INTER_AREA resize to short side 256 and center crop 224: RGB uint8 ``224x224x3``.
+
+    When both sides shrink, only the rows and columns up to the crop's far edges are resized:
+    an INTER_AREA output pixel depends only on its own source window, and giving OpenCV the
+    reference's scale factors (instead of an output size) keeps every weight identical, so the
+    crop is bit-identical to resizing the whole image (tested over hundreds of sizes) at ~80%
+    of the cost. ``source`` names the input in errors.
+    """
+    import cv2
+
+    if bgr.shape[0] < 1 or bgr.shape[1] < 1:
+        raise InvalidInputError(f"{source}: image of shape {bgr.shape} has no pixels")
+    height, width = bgr.shape[:2]
+    h, w = resized_size(height, width)
+    if h * w > MAX_RESIZED_PIXELS:
+        raise InvalidInputError(
+            f"{source}: a {width}x{height} image would be resized to {w}x{h} before the crop; "
+            f"aspect ratios beyond ~490:1 are refused"
+        )
+    top, left = int((h - INPUT_SIZE) / 2), int((w - INPUT_SIZE) / 2)
+    resized = None
+    if h <= height and w <= width:
+        # Source rows/columns the crop needs, plus a margin so no kept pixel meets the border.
+        rows = min(height, math.ceil((top + INPUT_SIZE) * height / h) + 2)
+        cols = min(width, math.ceil((left + INPUT_SIZE) * width / w) + 2)
+        # fx/fy are the exact doubles cv2.resize derives from (w, h), so the weights match.
+        partial = cv2.resize(bgr[:rows, :cols], (0, 0), fx=w / width, fy=h / height, interpolation=cv2.INTER_AREA)
+        if partial.shape[0] >= top + INPUT_SIZE and partial.shape[1] >= left + INPUT_SIZE:
+            resized = partial
+    if resized is None:
+        resized = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+    return resized[top : top + INPUT_SIZE, left : left + INPUT_SIZE, ::-1]
+
+
+def normalize(crops_nchw_uint8: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[N,3,224,224]`` → the model's float32 input (minus the RGB means)."""
+    return crops_nchw_uint8.astype(np.float32) - _MEANS
+
+
+def preprocess_one(image: ImageInput, source: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """One input → (uint8 RGB CHW crop ``[3,224,224]``, original (height, width)); ``source``
+    names it in errors (default: :func:`describe`)."""
+    source = source or describe(image)
+    bgr = to_bgr(image, source)
+    crop = center_crop_uint8(bgr, source)
+    return np.ascontiguousarray(crop.transpose(2, 0, 1)), (bgr.shape[0], bgr.shape[1])
+
+
+def preprocess(image: ImageInput | list[ImageInput], with_scaling: bool = True) -> tuple[np.ndarray, PreprocessContext]:
+    """Image(s) → (tensor ``[N,3,224,224]``, context).
+
+    ``with_scaling=True`` gives the exact float32 model input; ``False`` gives the uint8 RGB
+    crop before mean subtraction (what the fused-input graph takes). A single image gives a
+    batch of one; a list gives a batch in the same order.
+    """
+    batched = isinstance(image, (list, tuple))
+    images = list(image) if batched else [image]
+    if not images:
+        raise InvalidInputError("empty list of images")
+    ctx = PreprocessContext(batched=batched)
+    crops = np.empty((len(images), 3, INPUT_SIZE, INPUT_SIZE), np.uint8)
+    for i, item in enumerate(images):
+        crops[i], size = preprocess_one(item)
+        ctx.sources.append(describe(item))
+        ctx.sizes.append(size)
+    return (normalize(crops) if with_scaling else crops), ctx
