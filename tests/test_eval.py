@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes import FakeModel
 from resnet50.apps.evaluate import centred_logits, evaluate, row_cosine
 from resnet50.apps.imagenet import ImagenetDataset, write_val_map
 from resnet50.cli import main
@@ -67,10 +68,8 @@ def test_centred_logits_are_logits_minus_their_mean():
     np.testing.assert_allclose(row_cosine(a, b), [0.0, 1.0])
 
 
-class _Fixed:
+class _Fixed(FakeModel):
     """A model that returns given softmax rows in order, whatever the input."""
-
-    weights, use_native, input_dtype = "synthetic", False, np.dtype(np.float32)
 
     def __init__(self, precision: str, rows: np.ndarray):
         self.precision, self.rows, self.at = precision, rows, 0

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes import FakeModel
+
 pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed")
 
 from resnet50.apps.imagenet import DatasetError, ImagenetDataset, read_val_map, write_val_map
@@ -237,9 +239,8 @@ def test_native_model_gives_the_same_accuracy_log(model_fp32, model_native, data
 
 
 def test_inference_failure_is_reported_not_hung(dataset, short_conf, tmp_path, model_fp32):
-    class Broken:
-        weights, precision, use_native, source = "synthetic", "fp32", False, model_fp32.source
-        input_dtype = np.dtype(np.float32)
+    class Broken(FakeModel):
+        source = model_fp32.source
 
         def run(self, tensor, top_k=5):
             raise RuntimeError("device lost")
@@ -253,9 +254,8 @@ def test_offline_runs_a_batch_on_every_stream_at_once(model_fp32, dataset, short
     batches meet inside the model (with one worker, the first would wait out the barrier)."""
     meeting, lock, calls = threading.Barrier(2, timeout=30), threading.Lock(), []
 
-    class TwoStreams:
-        weights, precision, use_native, source = "synthetic", "fp32", False, model_fp32.source
-        input_dtype = np.dtype(np.float32)
+    class TwoStreams(FakeModel):
+        source = model_fp32.source
         backend = types.SimpleNamespace(streams=2)
 
         def run(self, tensor, top_k=5):

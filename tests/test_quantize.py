@@ -175,7 +175,11 @@ def test_openvino_fp32_matches_onnxruntime(model_fp32, fidelity_batch):
 
 
 def test_bf16_needs_openvino():
-    with pytest.raises(InvalidInputError, match="precision 'bf16' runs on the openvino backend only"):
+    expected = (
+        r"backend 'onnxruntime' does not run precision 'bf16' on device 'cpu'; "
+        r"supported: cpu onnxruntime: fp32/int8; cpu openvino: fp32/bf16/int8"
+    )
+    with pytest.raises(InvalidInputError, match=expected):
         ResNet50.load(precision="bf16", backend="onnxruntime")
 
 

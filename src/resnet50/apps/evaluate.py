@@ -18,19 +18,19 @@ import numpy as np
 
 from resnet50.core.constants import SOFTMAX_OUTPUT, TOPK_OUTPUT_IDS
 from resnet50.core.errors import InvalidInputError
+from resnet50.core.registry import ClassLayout
 from resnet50.processing.postprocess import topk_foreground
-from resnet50.processing.preprocess import normalize
 
 TOP_K = 5
 SYNTHETIC_WARNING = "synthetic weights: labels are meaningless; this is not ImageNet accuracy"
 
 
-def _top5_and_logits(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Top-5 class ids (1..1000) and centred logits (None for native models, which give no softmax)."""
+def _top5_and_logits(outputs: dict[str, np.ndarray], classes: ClassLayout) -> tuple[np.ndarray, np.ndarray | None]:
+    """Top-5 class ids (1..N) and centred logits (None for native models, which give no softmax)."""
     if SOFTMAX_OUTPUT not in outputs:
         return np.asarray(outputs[TOPK_OUTPUT_IDS])[:, :TOP_K], None
     softmax = np.asarray(outputs[SOFTMAX_OUTPUT])
-    _, ids = topk_foreground(softmax, TOP_K)
+    _, ids = topk_foreground(softmax, TOP_K, classes)
     return ids, centred_logits(softmax)
 
 
@@ -77,6 +77,9 @@ def evaluate(
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
     if reference is None and not dataset.labelled:
         raise InvalidInputError("images without val_map.txt labels can only be compared: give --compare PRECISION")
+    if reference is not None and reference.preprocessing != model.preprocessing:
+        raise InvalidInputError("--compare needs two models with the same preprocessing (the same weights entry)")
+    dataset = dataset.for_preprocessing(model.preprocessing)
     dataset.prepare()
     tally, ref_tally = _Tally(), _Tally()
     agree = in_top5 = 0
@@ -84,12 +87,14 @@ def evaluate(
     for start in range(0, len(dataset), batch_size):
         indices = list(range(start, min(start + batch_size, len(dataset))))
         crops = dataset.crops(indices)
-        ids, logits = _top5_and_logits(model.run(_tensor(model, crops), TOP_K))
+        ids, logits = _top5_and_logits(model.run(model.input_from_crops(crops), TOP_K), model.classes)
         labels = dataset.labels[indices] if dataset.labelled else None
         if labels is not None:
             tally.add(ids, labels)
         if reference is not None:
-            ref_ids, ref_logits = _top5_and_logits(reference.run(_tensor(reference, crops), TOP_K))
+            ref_ids, ref_logits = _top5_and_logits(
+                reference.run(reference.input_from_crops(crops), TOP_K), reference.classes
+            )
             if logits is None or ref_logits is None:
                 raise InvalidInputError("--compare needs both models' softmax; do not use --native with it")
             agree += int((ids[:, 0] == ref_ids[:, 0]).sum())
@@ -120,10 +125,6 @@ def evaluate(
         if dataset.labelled:
             compare.update({f"reference_{k}": v for k, v in ref_tally.percents(count).items()})
         result["compare"] = compare
-    if model.weights == "synthetic":
+    if model.source.weights.synthetic:
         result["warning"] = SYNTHETIC_WARNING
     return result
-
-
-def _tensor(model, crops: np.ndarray) -> np.ndarray:
-    return crops if model.input_dtype == np.uint8 else normalize(crops)

@@ -19,10 +19,11 @@ import numpy as np
 
 from resnet50.core.cache import cache_dir
 from resnet50.core.errors import InputNotFoundError, InvalidInputError, ResNet50Error
+from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
 from resnet50.processing.preprocess import normalize, preprocess_one
 
 #: Bump when the preprocessed crop of an image would change; old cache entries are then ignored.
-PREPROCESS_VERSION = "mlperf-vgg-crop-u8-v1"
+PREPROCESS_VERSION = "mlperf-vgg-crop-u8-v1"  # the MLPerf preset's; other presets add their name
 NUM_LABELS = 1000
 MAX_LISTED = 20
 
@@ -37,9 +38,14 @@ class DatasetError(InvalidInputError):
         super().__init__(f"{message}: {shown}{more}" if self.problems else message)
 
 
-def default_cache_dir() -> Path:
-    """``$RESNET50_HOME/preprocessed/<version>`` (the model cache, see :func:`resnet50.weights.synthetic.cache_dir`)."""
-    return cache_dir() / "preprocessed" / PREPROCESS_VERSION
+def preprocess_version(preprocessing: Preprocessing = MLPERF_PREPROCESSING) -> str:
+    """The cache key of crops made by ``preprocessing``."""
+    return PREPROCESS_VERSION if preprocessing == MLPERF_PREPROCESSING else f"{preprocessing.name}-crop-u8-v1"
+
+
+def default_cache_dir(preprocessing: Preprocessing = MLPERF_PREPROCESSING) -> Path:
+    """``$RESNET50_HOME/preprocessed/<version>`` (the model cache, see :func:`resnet50.core.cache.cache_dir`)."""
+    return cache_dir() / "preprocessed" / preprocess_version(preprocessing)
 
 
 def read_val_map(path: str | os.PathLike) -> list[tuple[str, int]]:
@@ -85,6 +91,7 @@ class ImagenetDataset:
         root: str | os.PathLike | None = None,
         val_map: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        preprocessing: Preprocessing = MLPERF_PREPROCESSING,
     ):
         if not paths:
             raise DatasetError(f"{root or 'data set'}: no images")
@@ -92,7 +99,27 @@ class ImagenetDataset:
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.root = Path(root) if root is not None else None
         self.val_map = Path(val_map) if val_map is not None else None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.preprocessing = preprocessing
+        self._cache_root = Path(cache_dir) if cache_dir is not None else None
+        if self._cache_root is None:
+            self.cache_dir = default_cache_dir(preprocessing)
+        elif preprocessing == MLPERF_PREPROCESSING:
+            self.cache_dir = self._cache_root
+        else:
+            self.cache_dir = self._cache_root / preprocess_version(preprocessing)
+
+    def for_preprocessing(self, preprocessing: Preprocessing) -> ImagenetDataset:
+        """The same samples, cropped by another weights entry's ``preprocessing`` (in their own cache)."""
+        if preprocessing == self.preprocessing:
+            return self
+        return type(self)(
+            self.paths,
+            self.labels,
+            root=self.root,
+            val_map=self.val_map,
+            cache_dir=self._cache_root,
+            preprocessing=preprocessing,
+        )
 
     @classmethod
     def from_val_map(
@@ -190,7 +217,7 @@ class ImagenetDataset:
             return index, str(exc).removeprefix(f"{self.paths[index]}: ")
 
     def _store(self, index: int) -> np.ndarray:
-        crop, _ = preprocess_one(self.paths[index])
+        crop, _ = preprocess_one(self.paths[index], preprocessing=self.preprocessing)
         crop = np.ascontiguousarray(crop)
         target = self.cache_path(index)
         tmp = target.with_name(f"{target.stem}.{os.getpid()}.{id(crop)}.tmp")
@@ -216,7 +243,7 @@ class ImagenetDataset:
     def tensor(self, indices: Sequence[int], dtype: np.dtype) -> np.ndarray:
         """The model input for ``indices``: float32 normalized, or the uint8 crops for native models."""
         crops = self.crops(indices)
-        return crops if np.dtype(dtype) == np.uint8 else normalize(crops)
+        return crops if np.dtype(dtype) == np.uint8 else normalize(crops, self.preprocessing)
 
     def describe(self) -> dict:
         return {
@@ -224,7 +251,7 @@ class ImagenetDataset:
             "val_map": os.fspath(self.val_map) if self.val_map else None,
             "count": len(self),
             "labelled": self.labelled,
-            "preprocess_version": PREPROCESS_VERSION,
+            "preprocess_version": preprocess_version(self.preprocessing),
             "cache": os.fspath(self.cache_dir),
         }
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from resnet50.core.errors import InvalidInputError, ResNet50Error
-from resnet50.processing.postprocess import Classification, postprocess
-from resnet50.processing.preprocess import PreprocessContext, center_crop_uint8, describe, normalize, to_bgr
+from resnet50.core.registry import Preprocessing
+from resnet50.processing.postprocess import Classification
+from resnet50.processing.preprocess import PreprocessContext, crop_decoded, decode_image, describe
 
 
 @dataclass
@@ -64,15 +65,14 @@ class _Prepared:
     preprocess_s: float = 0.0
 
 
-def _prepare(index: int, image) -> _Prepared:
+def _prepare(index: int, image, preprocessing: Preprocessing) -> _Prepared:
     item = _Prepared(index, describe(image))
     start = time.perf_counter()
     try:
-        bgr = to_bgr(image)
+        image = decode_image(image, item.source, preprocessing)
         decoded = time.perf_counter()
         item.decode_s = decoded - start
-        item.crop = np.ascontiguousarray(center_crop_uint8(bgr).transpose(2, 0, 1))
-        item.size = (bgr.shape[0], bgr.shape[1])
+        item.crop, item.size = crop_decoded(image, item.source, preprocessing)
         item.preprocess_s = time.perf_counter() - decoded
     except ResNet50Error as exc:
         item.error = str(exc)
@@ -102,14 +102,14 @@ def classify_stream(
     numbered = enumerate(images)
     with ThreadPoolExecutor(workers, thread_name_prefix="resnet50-prep") as pool:
         inflight: deque[Future] = deque(
-            pool.submit(_prepare, i, img) for i, img in itertools.islice(numbered, prefetch)
+            pool.submit(_prepare, i, img, model.preprocessing) for i, img in itertools.islice(numbered, prefetch)
         )
         try:
             batch: list[tuple] = []
             while inflight:
                 item = inflight.popleft().result()
                 for i, img in itertools.islice(numbered, 1):
-                    inflight.append(pool.submit(_prepare, i, img))
+                    inflight.append(pool.submit(_prepare, i, img, model.preprocessing))
                 times.decode += item.decode_s
                 times.preprocess += item.preprocess_s
                 batch.append(item)
@@ -127,14 +127,14 @@ def _finish(model, batch: list[_Prepared], top_k: int, times: StageTimes) -> Ite
     classified: dict[int, Classification] = {}
     if good:
         crops = np.stack([entry.crop for entry in good])
-        tensor = crops if model.input_dtype == np.uint8 else normalize(crops)
+        tensor = model.input_from_crops(crops)
         start = time.perf_counter()
         outputs = model.run(tensor, top_k)
         times.infer += time.perf_counter() - start
         times.batches.append(len(good))
         start = time.perf_counter()
         ctx = PreprocessContext([e.source for e in good], [e.size for e in good], batched=True)
-        for entry, result in zip(good, postprocess(outputs, ctx, top_k)):
+        for entry, result in zip(good, model.postprocess(outputs, ctx, top_k)):
             classified[entry.index] = result
         times.postprocess += time.perf_counter() - start
     for entry in batch:

@@ -8,7 +8,7 @@ import sys
 
 from resnet50.core.errors import ResNet50Error
 
-COMMANDS = ("classify", "info", "fetch", "export", "bench", "eval", "mlperf", "serve", "batch")
+COMMANDS = ("classify", "info", "weights", "fetch", "export", "bench", "eval", "mlperf", "serve", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,29 +8,47 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from resnet50.core.options import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    DEVICES,
+    MEASURED_ON,
+    PRECISIONS,
+    table,
+)
+from resnet50.core.registry import REGISTRY
+
 
 def add_model_options(
     parser: argparse.ArgumentParser,
-    precisions: tuple[str, ...] = ("fp32", "int8", "bf16", "fp16"),
+    precisions: tuple[str, ...] = PRECISIONS,
     spin_wait: bool = False,
     streams: bool = False,
 ) -> None:
-    """The model options; ``spin_wait`` adds ``--spin-wait`` (commands that only run the model),
-    ``streams`` adds ``--streams`` (commands that run the model from several threads)."""
-    group = parser.add_argument_group("model")
+    """The model options, their choices taken from the registry and the options table;
+    ``spin_wait`` adds ``--spin-wait`` (commands that only run the model), ``streams`` adds
+    ``--streams`` (commands that run the model from several threads)."""
+    group = parser.add_argument_group("model", description=f"supported combinations ({MEASURED_ON}):\n{table()}")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     group.add_argument(
-        "--model", metavar="PATH", help="ONNX model file (default: $RESNET50_MODEL, fetched, else synthetic)"
+        "--weights",
+        choices=tuple(REGISTRY),
+        metavar="NAME",
+        help=f"weights entry: {', '.join(REGISTRY)} (default: the fetched MLPerf file, else synthetic; "
+        "`resnet50 weights` lists them)",
     )
     group.add_argument(
-        "--precision",
-        choices=precisions,
-        default="fp32",
-        help="bf16 runs on OpenVINO (CPU) or torch (cuda); fp16 needs --device cuda",
+        "--model", metavar="PATH", help="the weights file: ONNX, or a torchvision .pth (default: $RESNET50_MODEL)"
     )
+    group.add_argument("--labels", metavar="FILE", help="class names, one per line (a fine-tune's own classes)")
+    group.add_argument("--precision", choices=precisions, default=DEFAULT_PRECISION, help="default: %(default)s")
     group.add_argument(
         "--backend",
-        choices=("onnxruntime", "openvino", "torch"),
-        help="default: onnxruntime (bf16: openvino; cuda: torch)",
+        choices=(DEFAULT_BACKEND, *BACKENDS),
+        default=DEFAULT_BACKEND,
+        help="default: auto, the fastest installed backend for the precision (table above)",
     )
     group.add_argument(
         "--calibration",
@@ -38,9 +56,9 @@ def add_model_options(
         help="int8: calibrate on the first 64 images of a folder or list file (.txt, paths relative to it; "
         "default: generated photos)",
     )
-    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    group.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
     group.add_argument("--threads", type=int, metavar="N", help="inference threads (default: all cores)")
-    group.add_argument("--native", action="store_true", help="fuse mean subtraction and top-k into the graph")
+    group.add_argument("--native", action="store_true", help="fuse normalization and top-k into the graph")
     if streams:
         group.add_argument(
             "--streams",
@@ -66,7 +84,9 @@ def model_options(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "device": args.device,
         "use_native": args.native,
+        "weights": args.weights,
         "model": args.model,
+        "labels": args.labels,
         "threads": args.threads,
         "backend": args.backend,
         "calibration": args.calibration,

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_human(result: dict) -> None:
-    what = "agreement with val_map.txt" if result["weights"] == "synthetic" else "accuracy"
+    what = "agreement with val_map.txt" if result.get("warning") else "accuracy"  # synthetic weights
     print(f"{result['count']} images, {result['weights']} weights")
     if result["labelled"]:
         print(

@@ -37,3 +37,12 @@ def file_md5(path: str | os.PathLike) -> str:
     with contextlib.suppress(OSError):  # a read-only folder only costs a rehash next time
         memo.write_text(json.dumps({"key": key, "md5": md5}))
     return md5
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (torchvision names its files by the first 8 hex digits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -37,3 +37,9 @@ class DownloadError(ResNet50Error, ConnectionError):
 
 class BackendUnavailableError(ResNet50Error, RuntimeError):
     """A backend, device or precision that this machine or install cannot run."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error message (the rest is its internals), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

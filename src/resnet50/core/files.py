@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +40,24 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
     with open(path, encoding="utf-8") as f:
         lines = (line.strip() for line in f)
         return [resolve_relative(path.parent, line) for line in lines if line and not line.startswith("#")]
+
+
+def is_torch_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a file is a PyTorch checkpoint (torch.save's zip format, or a legacy pickle)."""
+    path = Path(path)
+    if path.suffix.lower() in (".pth", ".pt", ".ckpt", ".bin"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" and zipfile.is_zipfile(path) and _zip_has_pickle(path)
+
+
+def _zip_has_pickle(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("data.pkl") for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

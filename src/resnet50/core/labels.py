@@ -1,11 +1,13 @@
-"""ImageNet class names for the model's 1001 outputs (index 0 is background)."""
+"""Class names: ImageNet's for the model's 1001 outputs (index 0 is background), or a user's labels file."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from importlib import resources
 
 from resnet50.core.constants import NUM_CLASSES
+from resnet50.core.errors import InputNotFoundError, InvalidInputError
 
 BACKGROUND = "background"
 
@@ -34,3 +36,23 @@ def label(class_id: int) -> str:
     if not 0 <= class_id < NUM_CLASSES:
         raise ValueError(f"class id {class_id} is outside 0..{NUM_CLASSES - 1}")
     return labels()[class_id]
+
+
+def read_labels(path: str | os.PathLike, count: int | None = None) -> tuple[str, ...]:
+    """Class names from a file, one per line (blank lines skipped), as ``names[class_id]``:
+    index 0 is a placeholder, ``names[1]`` is the first line. ``count`` is the model's class
+    count, which the file must match."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{path}: no such labels file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(
+            f"{path}: cannot read the labels file ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
+    if not names:
+        raise InvalidInputError(f"{path}: the labels file names no classes (one name per line)")
+    if count is not None and len(names) != count:
+        raise InvalidInputError(f"{path}: names {len(names)} classes, but the model has {count}")
+    return ("", *names)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from resnet50.core.cache import cache_dir
 from resnet50.core.errors import ModelFileError
-from resnet50.graph.interface import TensorSpec, check_interface
+from resnet50.graph.interface import TensorSpec, check_interface, class_count
 from resnet50.weights.source import ModelSource
 
 VARIANTS_VERSION = 1
@@ -60,3 +60,15 @@ def cached_variant(source: ModelSource, name: str, build: Callable[[Path], objec
     if not path.is_file():
         save_atomic(build(source.path), path)
     return path
+
+
+def output_classes(path: str | os.PathLike) -> int | None:
+    """The class count of a model file's softmax output, from its graph (weights not interpreted);
+    None for a fused top-k model or an unreadable file (the loader reports those)."""
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:
+        return None
+    return class_count(proto_specs(model)[1])

@@ -28,6 +28,7 @@ from resnet50.core.constants import INPUT_NAME
 from resnet50.core.cpu import cpu_info
 from resnet50.core.errors import InvalidInputError, ModelFileError
 from resnet50.core.files import LIST_SUFFIXES, expand_images, read_list_file
+from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
 from resnet50.core.samples import synthetic_batch
 from resnet50.derived.files import load_onnx, variant_path
 from resnet50.graph.rewrite import consumers_of, ensure_opset, fold_pads_into_convs
@@ -67,13 +68,13 @@ def _calibration_images(source: str | os.PathLike | None, count: int) -> list:
 class _Reader:
     """ONNX Runtime ``CalibrationDataReader`` over preprocessed batches."""
 
-    def __init__(self, images: list):
-        self._batches = self._iterate(images)
+    def __init__(self, images: list, preprocessing: Preprocessing):
+        self._batches = self._iterate(images, preprocessing)
 
     @staticmethod
-    def _iterate(images: list) -> Iterator[dict[str, np.ndarray]]:
+    def _iterate(images: list, preprocessing: Preprocessing) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(images), _BATCH):
-            yield {INPUT_NAME: preprocess(images[start : start + _BATCH])[0]}
+            yield {INPUT_NAME: preprocess(images[start : start + _BATCH], preprocessing=preprocessing)[0]}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -155,8 +156,10 @@ def quantize(
     output_path: str | os.PathLike,
     calibration: str | os.PathLike | None = None,
     count: int = DEFAULT_CALIBRATION_IMAGES,
+    preprocessing: Preprocessing = MLPERF_PREPROCESSING,
 ) -> Path:
-    """Write the int8 QDQ model of ``source_path`` to ``output_path`` and its ranges beside it."""
+    """Write the int8 QDQ model of ``source_path`` to ``output_path`` and its ranges beside it,
+    calibrated on images preprocessed as the weights were trained (``preprocessing``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # load_onnx refuses a file that is not this model before any time is spent on it;
@@ -169,7 +172,7 @@ def quantize(
     quantize_static(
         model,
         tmp,
-        _Reader(_calibration_images(calibration, count)),
+        _Reader(_calibration_images(calibration, count), preprocessing),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=QUANTIZED_OPS,
         per_channel=True,
@@ -190,10 +193,13 @@ def ranges_path(model_path: str | os.PathLike) -> Path:
 
 
 def int8_model(
-    source: ModelSource, calibration: str | os.PathLike | None = None, count: int = DEFAULT_CALIBRATION_IMAGES
+    source: ModelSource,
+    fp32_path: str | os.PathLike,
+    calibration: str | os.PathLike | None = None,
+    count: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> Path:
-    """The cached int8 model of ``source``, quantized on first use."""
+    """The cached int8 model of ``source`` (whose fp32 graph is ``fp32_path``), quantized on first use."""
     path = variant_path(source, variant_name(calibration, count))
     if not path.is_file():
-        quantize(source.path, path, calibration, count)
+        quantize(fp32_path, path, calibration, count, source.weights.preprocessing)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from resnet50.core.constants import INPUT_NAME, NUM_CLASSES, SOFTMAX_OUTPUT, TOPK_INPUT, UINT8_INPUT_NAME
+from resnet50.core.constants import INPUT_NAME, SOFTMAX_OUTPUT, TOPK_INPUT, UINT8_INPUT_NAME
 from resnet50.core.errors import ModelFileError
 
 
@@ -53,7 +53,13 @@ def check_interface(path: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
         scores = out.get(SOFTMAX_OUTPUT)
         if scores is None and "topk_scores" not in out:
             problem = f"it has no output {SOFTMAX_OUTPUT!r} (outputs: {', '.join(map(str, outputs)) or 'none'})"
-        elif scores is not None and scores.shape and _fixed(scores.shape[-1]) not in (NUM_CLASSES, None):
-            problem = f"its output {scores} does not have {NUM_CLASSES} classes"
+        elif scores is not None and (len(scores.shape) != 2 or (_fixed(scores.shape[-1]) or 2) < 2):
+            problem = f"its output {scores} is not [N,classes] with at least 2 classes"
     if problem:
         raise ModelFileError(f"{path}: not a ResNet50 v1.5 model with the MLPerf interface: {problem}")
+
+
+def class_count(outputs: Sequence[TensorSpec]) -> int | None:
+    """How many classes the model's softmax output has, where the model says."""
+    scores = next((t for t in outputs if t.name == SOFTMAX_OUTPUT), None)
+    return _fixed(scores.shape[-1]) if scores is not None and scores.shape else None

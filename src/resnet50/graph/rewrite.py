@@ -8,8 +8,6 @@ import numpy as np
 
 from resnet50.core.constants import (
     INPUT_NAME,
-    MEANS_RGB,
-    NUM_CLASSES,
     SOFTMAX_OUTPUT,
     TOPK_INPUT,
     TOPK_OUTPUT_IDS,
@@ -17,6 +15,7 @@ from resnet50.core.constants import (
     UINT8_INPUT_NAME,
 )
 from resnet50.core.errors import ModelFileError
+from resnet50.core.registry import MLPERF_CLASSES, MLPERF_PREPROCESSING, ClassLayout, Preprocessing
 from resnet50.graph.spec import OPSET
 
 
@@ -137,8 +136,9 @@ def fold_pads_into_convs(model):
     return model
 
 
-def with_uint8_input(model):
-    """Feed the model the uint8 RGB crop: the graph casts it and subtracts the means itself."""
+def with_uint8_input(model, preprocessing: Preprocessing = MLPERF_PREPROCESSING):
+    """Feed the model the uint8 RGB crop: the graph casts it and normalizes it itself, with the
+    same float32 operations in the same order as :func:`resnet50.processing.preprocess.normalize`."""
     from onnx import TensorProto, helper, numpy_helper
 
     model = ensure_opset(model)
@@ -146,31 +146,36 @@ def with_uint8_input(model):
     kept = [i for i in graph.input if i.name != INPUT_NAME]
     del graph.input[:]
     graph.input.extend([helper.make_tensor_value_info(UINT8_INPUT_NAME, TensorProto.UINT8, ["N", 3, 224, 224]), *kept])
-    means = numpy_helper.from_array(np.asarray(MEANS_RGB, np.float32).reshape(1, 3, 1, 1), "mean_rgb")
-    graph.initializer.append(means)
-    prologue = [
-        helper.make_node("Cast", [UINT8_INPUT_NAME], ["input_float"], name="input_cast", to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["input_float", "mean_rgb"], [INPUT_NAME], name="input_sub_mean"),
-    ]
+    steps = [("Div", "input_scale", np.float32(preprocessing.scale))] if preprocessing.scale != 1.0 else []
+    steps.append(("Sub", "mean_rgb", np.asarray(preprocessing.mean, np.float32).reshape(1, 3, 1, 1)))
+    if any(s != 1.0 for s in preprocessing.std):
+        steps.append(("Div", "std_rgb", np.asarray(preprocessing.std, np.float32).reshape(1, 3, 1, 1)))
+    prologue = [helper.make_node("Cast", [UINT8_INPUT_NAME], ["input_float"], name="input_cast", to=TensorProto.FLOAT)]
+    x = "input_float"
+    for i, (op, const, value) in enumerate(steps):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), const))
+        y = INPUT_NAME if i == len(steps) - 1 else f"input_{const}"
+        prologue.append(helper.make_node(op, [x, const], [y], name=f"input_{op.lower()}_{const}"))
+        x = y
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(prologue + nodes)
     return model
 
 
-def with_topk(model):
-    """Fuse top-k over the 1000 foreground classes into the graph.
+def with_topk(model, classes: ClassLayout = MLPERF_CLASSES):
+    """Fuse top-k over the foreground classes into the graph.
 
     Outputs ``topk_scores`` (float32 ``[N,k]``) and ``topk_class_ids`` (int64 ``[N,k]``,
-    1..1000, never the background class 0); ``k`` is the int64 ``[1]`` input ``top_k``.
+    1..N, never a background column); ``k`` is the int64 ``[1]`` input ``top_k``.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     model = ensure_opset(model)
     graph = model.graph
     consts = {
-        "topk_start": np.array([1], np.int64),
-        "topk_end": np.array([NUM_CLASSES], np.int64),
+        "topk_start": np.array([classes.first], np.int64),
+        "topk_end": np.array([classes.count], np.int64),
         "topk_axis": np.array([1], np.int64),
         "topk_one": np.array(1, np.int64),
     }

@@ -66,14 +66,14 @@ def conv_specs() -> list[ConvSpec]:
     return specs
 
 
-def weight_shapes() -> dict[str, tuple[int, ...]]:
-    """Name → shape of every parameter of the folded model."""
+def weight_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every parameter of the folded model with ``num_classes`` outputs."""
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in conv_specs():
         shapes[f"{spec.name}.weight"] = (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel)
         shapes[f"{spec.name}.bias"] = (spec.out_channels,)
-    shapes["fc.weight"] = (NUM_CLASSES, FEATURES)
-    shapes["fc.bias"] = (NUM_CLASSES,)
+    shapes["fc.weight"] = (num_classes, FEATURES)
+    shapes["fc.bias"] = (num_classes,)
     return shapes
 
 
@@ -108,10 +108,13 @@ class _GraphWriter:
 
 
 def build_model(weights: dict[str, np.ndarray], *, opset: int = OPSET, metadata: dict[str, str] | None = None):
-    """The ResNet50 v1.5 ``onnx.ModelProto`` with the MLPerf interface and these weights."""
+    """The ResNet50 v1.5 ``onnx.ModelProto`` with the MLPerf interface and these weights
+    (as many classes as ``fc.weight`` has rows: 1001 for MLPerf's layout, 1000 for torchvision's)."""
     from onnx import TensorProto, helper
 
-    expected = weight_shapes()
+    fc = weights.get("fc.weight")
+    num_classes = fc.shape[0] if fc is not None and fc.ndim == 2 else NUM_CLASSES
+    expected = weight_shapes(num_classes)
     if set(weights) != set(expected):
         raise ValueError(f"weights do not match ResNet50 v1.5: missing {sorted(set(expected) - set(weights))[:3]}")
     for name, shape in expected.items():
@@ -142,7 +145,7 @@ def build_model(weights: dict[str, np.ndarray], *, opset: int = OPSET, metadata:
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, 224, 224])],
         [
             helper.make_tensor_value_info(ARGMAX_OUTPUT, TensorProto.INT64, ["N"]),
-            helper.make_tensor_value_info(SOFTMAX_OUTPUT, TensorProto.FLOAT, ["N", NUM_CLASSES]),
+            helper.make_tensor_value_info(SOFTMAX_OUTPUT, TensorProto.FLOAT, ["N", num_classes]),
         ],
         initializer=g.initializers,
     )

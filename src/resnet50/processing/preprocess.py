@@ -1,6 +1,12 @@
-"""Preprocessing that equals the MLPerf reference pipeline bit for bit.
+"""Preprocessing that equals each weights entry's reference pipeline bit for bit.
 
-Reference (``mlcommons/inference`` ``pre_process_vgg``): ``cv2.imread`` → RGB → INTER_AREA
+The preset comes from the registry (:class:`resnet50.core.registry.Preprocessing`). The MLPerf
+preset (the default) follows the MLPerf reference; the torchvision presets follow
+``torchvision.transforms`` on PIL images (``ResNet50_Weights.*.transforms()``): PIL decode to
+RGB, bilinear antialiased resize of the short side, center crop rounded as torchvision rounds,
+``/255``, mean/std.
+
+MLPerf reference (``mlcommons/inference`` ``pre_process_vgg``): ``cv2.imread`` → RGB → INTER_AREA
 resize so the short side is 256 → center crop 224 → float32 minus the RGB means → CHW.
 Two reorderings here are exact, not approximations: the colour swap happens after the
 resize (INTER_AREA treats channels independently) and the crop happens on uint8 before
@@ -9,6 +15,7 @@ the float conversion, which is what makes this path faster than the reference.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from resnet50.core.constants import INPUT_SIZE, MEANS_RGB, RESIZE_SHORT_SIDE
-from resnet50.core.errors import ImageDecodeError, InputNotFoundError, InvalidInputError
+from resnet50.core.constants import INPUT_SIZE
+from resnet50.core.errors import ImageDecodeError, InputNotFoundError, InvalidInputError, first_line
+from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Any
-
-_MEANS = np.asarray(MEANS_RGB, dtype=np.float32).reshape(1, 3, 1, 1)
 
 
 @dataclass
@@ -131,11 +137,12 @@ def to_bgr(image: ImageInput, source: str | None = None) -> np.ndarray:
     )
 
 
-def resized_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) after the aspect-preserving resize, computed as the reference does."""
+def resized_size(height: int, width: int, short_side: int = MLPERF_PREPROCESSING.resize) -> tuple[int, int]:
+    """(height, width) after the aspect-preserving resize, computed as the references do
+    (MLPerf and torchvision alike truncate the long side: ``int(short_side * long / short)``)."""
     if height > width:
-        return int(RESIZE_SHORT_SIDE * height / width), RESIZE_SHORT_SIDE
-    return RESIZE_SHORT_SIDE, int(RESIZE_SHORT_SIDE * width / height)
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
 
 
 #: Largest resized image (before the crop) preprocessing builds: 32 MP is 96 MB, an aspect
@@ -178,25 +185,108 @@ def center_crop_uint8(bgr: np.ndarray, source: str = "image") -> np.ndarray:
     return resized[top : top + INPUT_SIZE, left : left + INPUT_SIZE, ::-1]
 
 
-def normalize(crops_nchw_uint8: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[N,3,224,224]`` → the model's float32 input (minus the RGB means)."""
-    return crops_nchw_uint8.astype(np.float32) - _MEANS
+def to_pil_rgb(image: ImageInput, source: str | None = None):
+    """Any supported input as an RGB PIL image, decoded as torchvision's ``pil_loader`` does
+    (``Image.open(...).convert("RGB")``); arrays are taken as BGR, like everywhere here."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = source or describe(image)
+    if isinstance(image, (str, os.PathLike)):
+        image = read_bytes(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        if not data:
+            raise ImageDecodeError(f"{source}: empty input, not an image")
+        _check_complete(data, source)
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                return opened.convert("RGB")
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+            raise ImageDecodeError(f"{source}: not a decodable image ({first_line(exc)})") from None
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(to_bgr(image, source)[..., ::-1]))
+    if _is_pil(image):
+        return image.convert("RGB")
+    return to_bgr(image, source)  # raises the unsupported-type error
 
 
-def preprocess_one(image: ImageInput, source: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def pil_center_crop_uint8(image, preprocessing: Preprocessing, source: str = "image") -> np.ndarray:
+    """torchvision's ``Resize(resize, BILINEAR, antialias=True)`` then ``CenterCrop(crop)`` on a
+    PIL image: RGB uint8 ``crop x crop x 3``."""
+    from PIL import Image
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInputError(f"{source}: image of size {width}x{height} has no pixels")
+    h, w = resized_size(height, width, preprocessing.resize)
+    if h * w > MAX_RESIZED_PIXELS:
+        raise InvalidInputError(
+            f"{source}: a {width}x{height} image would be resized to {w}x{h} before the crop; "
+            f"aspect ratios beyond ~490:1 are refused"
+        )
+    resized = image.resize((w, h), Image.BILINEAR)
+    size = preprocessing.crop
+    top, left = round((h - size) / 2.0), round((w - size) / 2.0)  # torchvision's int(round(...))
+    return np.asarray(resized.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def normalize(crops_nchw_uint8: np.ndarray, preprocessing: Preprocessing = MLPERF_PREPROCESSING) -> np.ndarray:
+    """uint8 RGB ``[N,3,224,224]`` → the model's float32 input: ``(x / scale - mean) / std``, the
+    float32 operations torchvision's ``ToTensor`` + ``Normalize`` do (the MLPerf preset only
+    subtracts the means)."""
+    x = crops_nchw_uint8.astype(np.float32)
+    if preprocessing.scale != 1.0:
+        x /= np.float32(preprocessing.scale)
+    x -= np.asarray(preprocessing.mean, np.float32).reshape(1, 3, 1, 1)
+    if any(s != 1.0 for s in preprocessing.std):
+        x /= np.asarray(preprocessing.std, np.float32).reshape(1, 3, 1, 1)
+    return x
+
+
+def _opencv_crop(bgr: np.ndarray, preprocessing: Preprocessing, source: str) -> tuple[np.ndarray, tuple[int, int]]:
+    return center_crop_uint8(bgr, source), (bgr.shape[0], bgr.shape[1])
+
+
+def _pil_crop(image, preprocessing: Preprocessing, source: str) -> tuple[np.ndarray, tuple[int, int]]:
+    return pil_center_crop_uint8(image, preprocessing, source), (image.size[1], image.size[0])
+
+
+#: decoder name → (decode: input → decoded image, crop: decoded → (RGB HWC crop, original (h, w))).
+DECODERS = {"opencv": (to_bgr, _opencv_crop), "pil": (to_pil_rgb, _pil_crop)}
+
+
+def decode_image(image: ImageInput, source: str, preprocessing: Preprocessing = MLPERF_PREPROCESSING):
+    """The decode stage of ``preprocessing``: a BGR array (OpenCV) or an RGB PIL image."""
+    return DECODERS[preprocessing.decoder][0](image, source)
+
+
+def crop_decoded(
+    decoded, source: str, preprocessing: Preprocessing = MLPERF_PREPROCESSING
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The resize-and-crop stage: (uint8 RGB CHW crop ``[3,224,224]``, original (height, width))."""
+    crop, size = DECODERS[preprocessing.decoder][1](decoded, preprocessing, source)
+    return np.ascontiguousarray(crop.transpose(2, 0, 1)), size
+
+
+def preprocess_one(
+    image: ImageInput, source: str | None = None, preprocessing: Preprocessing = MLPERF_PREPROCESSING
+) -> tuple[np.ndarray, tuple[int, int]]:
     """One input → (uint8 RGB CHW crop ``[3,224,224]``, original (height, width)); ``source``
     names it in errors (default: :func:`describe`)."""
     source = source or describe(image)
-    bgr = to_bgr(image, source)
-    crop = center_crop_uint8(bgr, source)
-    return np.ascontiguousarray(crop.transpose(2, 0, 1)), (bgr.shape[0], bgr.shape[1])
+    return crop_decoded(decode_image(image, source, preprocessing), source, preprocessing)
 
 
-def preprocess(image: ImageInput | list[ImageInput], with_scaling: bool = True) -> tuple[np.ndarray, PreprocessContext]:
-    """Image(s) → (tensor ``[N,3,224,224]``, context).
+def preprocess(
+    image: ImageInput | list[ImageInput],
+    with_scaling: bool = True,
+    preprocessing: Preprocessing = MLPERF_PREPROCESSING,
+) -> tuple[np.ndarray, PreprocessContext]:
+    """Image(s) → (tensor ``[N,3,224,224]``, context), by a weights entry's ``preprocessing``
+    (default: the exact MLPerf pipeline).
 
     ``with_scaling=True`` gives the exact float32 model input; ``False`` gives the uint8 RGB
-    crop before mean subtraction (what the fused-input graph takes). A single image gives a
+    crop before normalization (what the fused-input graph takes). A single image gives a
     batch of one; a list gives a batch in the same order.
     """
     batched = isinstance(image, (list, tuple))
@@ -206,7 +296,7 @@ def preprocess(image: ImageInput | list[ImageInput], with_scaling: bool = True) 
     ctx = PreprocessContext(batched=batched)
     crops = np.empty((len(images), 3, INPUT_SIZE, INPUT_SIZE), np.uint8)
     for i, item in enumerate(images):
-        crops[i], size = preprocess_one(item)
+        crops[i], size = preprocess_one(item, preprocessing=preprocessing)
         ctx.sources.append(describe(item))
         ctx.sizes.append(size)
-    return (normalize(crops) if with_scaling else crops), ctx
+    return (normalize(crops, preprocessing) if with_scaling else crops), ctx

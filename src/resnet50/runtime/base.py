@@ -12,12 +12,6 @@ import numpy as np
 from resnet50.graph.interface import TensorSpec
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of a library's error message (the rest is its internals), else its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class Backend(ABC):
     """A loaded model that maps input arrays to named output arrays.
 

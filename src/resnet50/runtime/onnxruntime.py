@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from resnet50.core.cpu import physical_cores
-from resnet50.core.errors import ModelFileError
+from resnet50.core.errors import ModelFileError, first_line
 from resnet50.graph.interface import TensorSpec
-from resnet50.runtime.base import Backend, StreamPool, first_line
+from resnet50.runtime.base import Backend, StreamPool
 
 _ORT_TYPES = {
     "tensor(float)": "float32",

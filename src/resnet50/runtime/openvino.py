@@ -9,9 +9,9 @@ import numpy as np
 from resnet50.core.cache import cache_dir
 from resnet50.core.constants import INPUT_SIZE
 from resnet50.core.cpu import physical_cores
-from resnet50.core.errors import BackendUnavailableError, ModelFileError
+from resnet50.core.errors import BackendUnavailableError, ModelFileError, first_line
 from resnet50.graph.interface import TensorSpec, has_image_shape, image_input
-from resnet50.runtime.base import Backend, StreamPool, first_line
+from resnet50.runtime.base import Backend, StreamPool
 
 # OpenVINO's Python layer initialises C++ function statics on the first infer of the process
 # (Type.to_dtype), running Python code inside them. Two threads doing their first infer at

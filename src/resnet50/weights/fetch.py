@@ -1,4 +1,4 @@
-"""Download the MLPerf model file: progress, timeout, resume, md5 check, atomic move."""
+"""Download a registry entry's weights file: progress, timeout, resume, checksum check, atomic move."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from resnet50.core.cache import file_md5
-from resnet50.core.constants import MLPERF_FILES
+from resnet50.core import registry
+from resnet50.core.cache import file_sha256
 from resnet50.core.errors import ChecksumError, DownloadError, InvalidInputError
-from resnet50.weights.source import mlperf_path
+from resnet50.core.registry import Weights
+from resnet50.weights.source import fetched_path
 
 _CHUNK = 1 << 20
 
@@ -25,17 +26,34 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _progress(total: int | None, initial: int, enabled: bool):
+def _progress(total: int | None, initial: int, enabled: bool, name: str):
     from tqdm import tqdm
 
     return tqdm(
         total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-        desc="resnet50_v1.onnx", disable=not enabled, file=sys.stderr,
+        desc=name, disable=not enabled, file=sys.stderr,
     )  # fmt: skip
 
 
+def _expected(entry: Weights, md5: str | None) -> str:
+    """The checksum a file must have, in words."""
+    if md5 or entry.file.md5:
+        return f"md5 {(md5 or entry.file.md5).lower()}"
+    return f"sha256 {entry.file.sha256_prefix}..."
+
+
+def _checksum(path: Path, entry: Weights, md5: str | None) -> tuple[bool, str]:
+    """Whether a file is the one expected, and what it was compared by (for the error)."""
+    if md5 or entry.file.md5:
+        actual = _md5_of(path)
+        return actual == (md5 or entry.file.md5).lower(), f"md5 {actual}, expected {(md5 or entry.file.md5).lower()}"
+    actual = file_sha256(path)
+    prefix = entry.file.sha256_prefix
+    return actual.startswith(prefix), f"sha256 {actual[:16]}..., expected {prefix}..."
+
+
 def fetch(
-    release: str = "opset11",
+    weights: str | Weights = registry.DEFAULT,
     *,
     url: str | None = None,
     md5: str | None = None,
@@ -43,19 +61,19 @@ def fetch(
     timeout: float = 30.0,
     progress: bool | None = None,
 ) -> Path:
-    """Download an MLPerf release of the model into the cache (or ``dest``) and verify it.
+    """Download a registry entry's file into the cache (or ``dest``) and verify it.
 
     A partial download (``dest.part``) is resumed with an HTTP range request when the
-    server supports it, else restarted. The file only appears at ``dest`` once its md5
-    matches. ``url`` (or ``$RESNET50_MODEL_URL``) points at a mirror.
+    server supports it, else restarted. The file only appears at ``dest`` once its checksum
+    (md5, or the sha256 prefix torchvision names its files by) matches. ``url`` (or
+    ``$RESNET50_MODEL_URL``) points at a mirror.
     """
-    if release not in MLPERF_FILES:
-        raise DownloadError(f"unknown release {release!r}; choose one of {', '.join(MLPERF_FILES)}")
-    default_url, default_md5 = MLPERF_FILES[release]
-    url = url or os.environ.get("RESNET50_MODEL_URL") or default_url
-    md5 = (md5 or default_md5).lower()
-    dest = Path(dest) if dest else mlperf_path()
-    if dest.is_file() and file_md5(dest) == md5:
+    entry = registry.get(weights)
+    if entry.file is None:
+        raise InvalidInputError(f"weights {entry.name!r} have no file to download (the package builds them)")
+    url = url or os.environ.get("RESNET50_MODEL_URL") or entry.file.url
+    dest = Path(dest) if dest else fetched_path(entry)
+    if dest.is_file() and _checksum(dest, entry, md5)[0]:
         return dest
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -65,22 +83,22 @@ def fetch(
     if progress is None:
         progress = sys.stderr.isatty()
     try:
-        _download(url, part, timeout, progress)
+        _download(url, part, timeout, progress, entry.file.filename)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise DownloadError(
-            f"could not download {url}: {reason}. Offline? Get the file (md5 {md5}) on a machine with "
-            f"internet and put it at {dest}, or run with --model PATH / RESNET50_MODEL=PATH"
+            f"could not download {url}: {reason}. Offline? Get {entry.file.filename} ({_expected(entry, md5)}) on a "
+            f"machine with internet and put it at {dest}, or run with --model PATH / RESNET50_MODEL=PATH"
         ) from None
-    actual = _md5_of(part)
-    if actual != md5:
+    matches, compared = _checksum(part, entry, md5)
+    if not matches:
         part.unlink(missing_ok=True)
-        raise ChecksumError(f"{url}: downloaded file has md5 {actual}, expected {md5}; deleted it, try again")
+        raise ChecksumError(f"{url}: downloaded file has {compared}; deleted it, try again")
     part.replace(dest)
     return dest
 
 
-def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
+def _download(url: str, part: Path, timeout: float, progress: bool, name: str) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "resnet50-fetch"})
     if have:
@@ -96,7 +114,7 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
         mode = "ab" if resumed else "wb"
         length = response.headers.get("Content-Length")
         total = (int(length) + (have if resumed else 0)) if length else None
-        with open(part, mode) as out, _progress(total, have if resumed else 0, progress) as bar:
+        with open(part, mode) as out, _progress(total, have if resumed else 0, progress, name) as bar:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from resnet50.apps.batch.inputs import list_inputs
-from resnet50.apps.batch.rows import COLUMNS, schema
+from resnet50.apps.batch.rows import schema
 from resnet50.apps.batch.writers import RowWriter, check_output, done_paths, drop_error_rows
 from resnet50.core.errors import InvalidInputError
 
@@ -106,6 +106,7 @@ def _ray_dataset(
             "model": os.fspath(model.source.path) if model.source.origin in ("argument", "RESNET50_MODEL") else None,
         },
         md5=model.source.md5,
+        preprocessing=model.preprocessing,
         batch_size=batch_size,
         top_k=top_k,
         num_workers=num_workers or 1,
@@ -133,9 +134,11 @@ def _ray_session(wanted: bool, address: str | None):
             ray.shutdown()
 
 
-def _model_and_options(model, precision, device, use_native, threads, backend, calibration) -> tuple:
+def _model_and_options(model, weights, labels, precision, device, use_native, threads, backend, calibration) -> tuple:
     """The loaded model for the driver, and the ``ResNet50.load`` arguments Ray actors reload it with."""
     load = {
+        "weights": weights,
+        "labels": labels,
         "precision": precision,
         "device": device,
         "use_native": use_native,
@@ -154,6 +157,8 @@ def classify_dataset(
     device: str = "cpu",
     use_native: bool = False,
     model=None,
+    weights: str | None = None,
+    labels: str | os.PathLike | None = None,
     threads: int | None = None,
     backend: str | None = None,
     calibration: str | os.PathLike | None = None,
@@ -171,7 +176,9 @@ def classify_dataset(
     """
     _check(engine, batch_size, top_k, ray_options)
     paths = list_inputs(source, path_column)
-    loaded, load = _model_and_options(model, precision, device, use_native, threads, backend, calibration)
+    loaded, load = _model_and_options(
+        model, weights, labels, precision, device, use_native, threads, backend, calibration
+    )
     if engine == "ray":
         return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
     import pyarrow as pa
@@ -192,6 +199,8 @@ def run_batch(
     device: str = "cpu",
     use_native: bool = False,
     model=None,
+    weights: str | None = None,
+    labels: str | os.PathLike | None = None,
     threads: int | None = None,
     backend: str | None = None,
     calibration: str | os.PathLike | None = None,
@@ -222,7 +231,9 @@ def run_batch(
         pending = [p for p in paths if p not in done]
         skipped = len(paths) - len(pending)
         paths = pending
-    loaded, load = _model_and_options(model, precision, device, use_native, threads, backend, calibration)
+    loaded, load = _model_and_options(
+        model, weights, labels, precision, device, use_native, threads, backend, calibration
+    )
     classified = errors = 0
     start = time.perf_counter()
     with (

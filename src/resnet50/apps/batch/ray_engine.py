@@ -15,8 +15,8 @@ import numpy as np
 from resnet50.apps.batch.rows import make_rows, schema
 from resnet50.core.constants import INPUT_SIZE
 from resnet50.core.errors import BackendUnavailableError, ModelFileError, ResNet50Error
-from resnet50.processing.postprocess import postprocess
-from resnet50.processing.preprocess import PreprocessContext, normalize, preprocess_one
+from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
+from resnet50.processing.preprocess import PreprocessContext, preprocess_one
 
 DECODE_WORKER_MEMORY = 160 << 20  # a Ray worker with numpy, OpenCV and pyarrow loaded
 DECODE_MEMORY = 4 << 20  # bytes a decode task may hold per image
@@ -67,7 +67,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def decode_batch(batch: dict) -> dict:
+def decode_batch(batch: dict, preprocessing: Preprocessing = MLPERF_PREPROCESSING) -> dict:
     """Paths → uint8 RGB crops (CPU task). A bad image keeps its row with an error and a zero crop."""
     paths = [str(p) for p in batch["path"]]
     crops = np.zeros((len(paths), 3, INPUT_SIZE, INPUT_SIZE), np.uint8)
@@ -76,7 +76,7 @@ def decode_batch(batch: dict) -> dict:
     errors = []
     for i, path in enumerate(paths):
         try:
-            crops[i], (heights[i], widths[i]) = preprocess_one(path)
+            crops[i], (heights[i], widths[i]) = preprocess_one(path, preprocessing=preprocessing)
             errors.append("")
         except ResNet50Error as exc:
             errors.append(str(exc))
@@ -121,11 +121,11 @@ class RayClassifier:
         classifications: list = [None] * len(paths)
         if good:
             crops = np.ascontiguousarray(batch["crop"][good])
-            tensor = crops if self.model.input_dtype == np.uint8 else normalize(crops)
+            tensor = self.model.input_from_crops(crops)
             outputs = self.model.run(tensor, self.top_k)
             sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in good]
             ctx = PreprocessContext([paths[i] for i in good], sizes, batched=True)
-            for i, result in zip(good, postprocess(outputs, ctx, self.top_k)):
+            for i, result in zip(good, self.model.postprocess(outputs, ctx, self.top_k)):
                 classifications[i] = result
         rows = make_rows(paths, classifications, errors, self.model.weights)
         return pa.Table.from_pylist(rows, schema=schema())
@@ -136,6 +136,7 @@ def build_dataset(
     *,
     load: dict | None = None,
     md5: str | None = None,
+    preprocessing: Preprocessing = MLPERF_PREPROCESSING,
     batch_size: int = 8,
     top_k: int = 5,
     num_workers: int = 1,
@@ -161,6 +162,7 @@ def build_dataset(
     # decoding runs in parallel tasks and overlaps inference.
     ds = ds.map_batches(
         decode_batch,
+        fn_kwargs={"preprocessing": preprocessing},
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=1,

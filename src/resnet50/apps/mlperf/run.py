@@ -186,6 +186,7 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     options.check()
     lg = loadgen()
     settings, conf = build_settings(lg, options)
+    dataset = dataset.for_preprocessing(model.preprocessing)
     dataset.prepare()
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -251,7 +252,7 @@ def run(model, dataset: ImagenetDataset, options: RunOptions) -> dict:
     else:
         accuracy = score(output / "mlperf_log_accuracy.json", dataset.val_map)
         results["accuracy"] = {**accuracy.to_dict(), "line": accuracy.line()}
-    if model.weights == "synthetic":
+    if model.source.weights.synthetic:
         results["warning"] = SYNTHETIC_WARNING
     (output / "results.json.tmp").write_text(json.dumps(results, indent=2) + "\n")
     (output / "results.json.tmp").replace(output / "results.json")

@@ -23,15 +23,17 @@ import numpy as np
 from resnet50.apps.imagenet import ImagenetDataset
 from resnet50.apps.mlperf.accuracy import encode_labels
 from resnet50.core.constants import ARGMAX_OUTPUT, TOPK_OUTPUT_IDS
+from resnet50.core.registry import MLPERF_CLASSES, ClassLayout
 
 
-def labels_from_outputs(outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """0..999 labels as the reference harness computes them: ``ArgMax:0 - 1`` (background → -1).
+def labels_from_outputs(outputs: dict[str, np.ndarray], classes: ClassLayout = MLPERF_CLASSES) -> np.ndarray:
+    """0..999 labels as the reference harnesses compute them: ``ArgMax:0 - 1`` for MLPerf's 1001
+    classes (background → -1), ``ArgMax:0`` itself for 1000 (PyTorch's reference, offset 0).
 
     Native models have no ArgMax; their top-1 foreground class id minus 1 is used.
     """
     if ARGMAX_OUTPUT in outputs:
-        return np.asarray(outputs[ARGMAX_OUTPUT]).reshape(-1) - 1
+        return np.asarray(outputs[ARGMAX_OUTPUT]).reshape(-1) - classes.first
     return np.asarray(outputs[TOPK_OUTPUT_IDS])[:, 0] - 1
 
 
@@ -154,7 +156,7 @@ class ResNet50SUT:
             return
         try:
             tensor = self.library.batch([s.index for s in samples])
-            labels = encode_labels(labels_from_outputs(self.model.run(tensor, 1)))
+            labels = encode_labels(labels_from_outputs(self.model.run(tensor, 1), self.model.classes))
             self.batches.append(len(samples))
         except Exception as exc:
             # LoadGen waits for every sample, so a failure must not kill this thread: answer with

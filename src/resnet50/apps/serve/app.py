@@ -26,8 +26,7 @@ from resnet50.apps.serve import v2
 from resnet50.apps.serve.batcher import Batcher, Overloaded
 from resnet50.apps.serve.metrics import CONTENT_TYPE, Metrics
 from resnet50.core.errors import ImageDecodeError, InvalidInputError, ResNet50Error
-from resnet50.processing.postprocess import postprocess
-from resnet50.processing.preprocess import PreprocessContext, normalize, preprocess_one
+from resnet50.processing.preprocess import PreprocessContext
 
 MODEL_NAME = "resnet50"
 _ERROR_REASONS = {400: "bad_input", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
@@ -131,9 +130,8 @@ def create_app(
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
         check_pixels(data, source, max_pixels)
-        crop, size = preprocess_one(data, source)
-        crop = crop[None]
-        return (crop if model.input_dtype == np.uint8 else normalize(crop)), size
+        crop, size = model.crop(data, source)
+        return model.input_from_crops(crop[None]), size
 
     # --- /v1/classify ---
     @app.post("/v1/classify")
@@ -154,7 +152,7 @@ def create_app(
         finally:
             batcher.release(ticket)
         ctx = PreprocessContext([s for _, s in images], [p[1] for p in prepared], batched=True)
-        results = postprocess(outputs, ctx, top_k)
+        results = model.postprocess(outputs, ctx, top_k)
         fields = model_fields(started)
         rows = [
             {"predictions": [{"label": p.label, "class_id": p.class_id, "score": p.score} for p in r.predictions]}

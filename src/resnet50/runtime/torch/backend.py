@@ -12,6 +12,7 @@ or without a CUDA device raises :class:`BackendUnavailableError` with one line s
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -24,8 +25,6 @@ from resnet50.core.constants import (
     ARGMAX_OUTPUT,
     INPUT_NAME,
     INPUT_SIZE,
-    MEANS_RGB,
-    NUM_CLASSES,
     SOFTMAX_OUTPUT,
     TOPK_INPUT,
     TOPK_OUTPUT_IDS,
@@ -33,6 +32,7 @@ from resnet50.core.constants import (
     UINT8_INPUT_NAME,
 )
 from resnet50.core.errors import BackendUnavailableError, InvalidInputError
+from resnet50.core.registry import MLPERF_CLASSES, MLPERF_PREPROCESSING, ClassLayout, Preprocessing
 from resnet50.graph.interface import TensorSpec
 from resnet50.runtime.base import Backend
 from resnet50.runtime.torch.convert import build_module, load_converted
@@ -81,8 +81,13 @@ class TorchBackend(Backend):
         cuda_graphs: bool | None = None,
         compile_mode: str | None = None,
         threads: int | None = None,
+        streams: int = 1,
+        preprocessing: Preprocessing = MLPERF_PREPROCESSING,
+        classes: ClassLayout = MLPERF_CLASSES,
     ):
         super().__init__(model_path)
+        if streams != 1:
+            raise InvalidInputError("the torch backend runs one stream (CUDA orders its own work)")
         if precision not in PRECISIONS:
             raise InvalidInputError(
                 f"precision {precision!r} is not one of {', '.join(PRECISIONS)} for the torch backend"
@@ -121,7 +126,11 @@ class TorchBackend(Backend):
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self.load_seconds = time.perf_counter() - start
-        self.means = torch.tensor(MEANS_RGB, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.preprocessing = preprocessing
+        self.classes = classes
+        as_tensor = functools.partial(torch.tensor, dtype=torch.float32, device=self.device)
+        self.means = as_tensor(preprocessing.mean).view(1, 3, 1, 1)
+        self.stds = as_tensor(preprocessing.std).view(1, 3, 1, 1)
         self.forward_fn = self._compiled() if compile_mode else module
         self.compile_seconds: dict[int, float] = {}
         self._graphs: dict[tuple[int, str, int], Any] = {}  # (batch, input dtype, top_k) → captured graph
@@ -154,7 +163,7 @@ class TorchBackend(Backend):
             ]
         return [
             TensorSpec(ARGMAX_OUTPUT, "int64", ("N",)),
-            TensorSpec(SOFTMAX_OUTPUT, "float32", ("N", NUM_CLASSES)),
+            TensorSpec(SOFTMAX_OUTPUT, "float32", ("N", self.classes.count)),
         ]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -214,9 +223,15 @@ class TorchBackend(Backend):
         return part.to(self.device, non_blocking=True)
 
     def _prepare(self, x):
-        """uint8 crops or float32 (RGB minus means) → the module's dtype and memory format."""
+        """uint8 crops or the float32 model input → the module's dtype and memory format; crops are
+        normalized with the float32 operations of :func:`resnet50.processing.preprocess.normalize`."""
         if x.dtype == self.torch.uint8:
-            x = x.float() - self.means
+            x = x.float()
+            if self.preprocessing.scale != 1.0:
+                x = x / self.preprocessing.scale
+            x = x - self.means
+            if self.preprocessing.divides:
+                x = x / self.stds
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=self.torch.channels_last)
@@ -229,12 +244,12 @@ class TorchBackend(Backend):
         if not self.native:
             return {ARGMAX_OUTPUT: scores.argmax(dim=1), SOFTMAX_OUTPUT: scores}
         # Stable descending sort: ties go to the lower class id, as in resnet50.processing.postprocess.
-        values, order = torch.sort(scores[:, 1:], dim=1, descending=True, stable=True)
+        values, order = torch.sort(scores[:, self.classes.first :], dim=1, descending=True, stable=True)
         return {TOPK_OUTPUT_SCORES: values[:, :top_k], TOPK_OUTPUT_IDS: order[:, :top_k] + 1}
 
     def _infer_locked(self, x, top_k: int) -> dict[str, Any]:
-        if self.native and not 1 <= top_k <= NUM_CLASSES - 1:
-            raise InvalidInputError(f"top_k must be in 1..{NUM_CLASSES - 1}, got {top_k}")
+        if self.native and not 1 <= top_k <= self.classes.foreground:
+            raise InvalidInputError(f"top_k must be in 1..{self.classes.foreground}, got {top_k}")
         batch = int(x.shape[0])
         torch = self.torch
         with torch.inference_mode():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from resnet50.core.cache import cache_dir, file_md5
-from resnet50.core.constants import INPUT_NAME, NUM_CLASSES
+from resnet50.core.constants import INPUT_NAME
 from resnet50.core.errors import ModelFileError
 from resnet50.derived.files import load_onnx
 from resnet50.graph.rewrite import consumers_of, node_attributes
@@ -299,7 +299,9 @@ class _Walker:
                 raise g.fail(f"Gemm {node.name!r} has alpha/beta/transA other than 1/1/0")
             w = g.const(node.input[1])
             w = None if w is None else (w if attrs.get("transB", 0) else w.T)
-            bias = g.const(node.input[2]) if len(node.input) > 2 else np.zeros(NUM_CLASSES, np.float32)
+            bias = (
+                g.const(node.input[2]) if len(node.input) > 2 else np.zeros(len(w) if w is not None else 1, np.float32)
+            )
             logits = node.output[0]
         elif node.op_type == "MatMul":
             w = g.const(node.input[1])
@@ -312,8 +314,8 @@ class _Walker:
             logits = add.output[0]
         else:
             raise g.fail(f"expected the classifier (Gemm or MatMul), found {node.op_type} {node.name!r}")
-        if w is None or tuple(w.shape) != (NUM_CLASSES, FEATURES) or bias is None or bias.size != NUM_CLASSES:
-            raise g.fail(f"classifier {node.name!r} is not {FEATURES} -> {NUM_CLASSES}")
+        if w is None or w.ndim != 2 or w.shape[1] != FEATURES or bias is None or bias.size != w.shape[0]:
+            raise g.fail(f"classifier {node.name!r} is not {FEATURES} -> classes")
         while (after := g.users(logits)) and len(after) == 1 and after[0].op_type == "Identity":
             logits = after[0].output[0]  # TensorFlow's "final_dense" Identity
         if not any(n.op_type == "Softmax" for n in g.users(logits)):
@@ -335,7 +337,7 @@ def build_module(converted: Converted):
     """A ``ResNet50Torch`` (float32, CPU) holding ``converted``'s weights."""
     import torch
 
-    module = _module_class()(converted.conv_pads, converted.pool_pads)
+    module = _module_class()(converted.conv_pads, converted.pool_pads, len(converted.weights["fc.weight"]))
     state = {name: torch.tensor(value) for name, value in converted.weights.items()}
     module.load_state_dict(state, strict=True)
     return module.eval()
@@ -383,7 +385,7 @@ def _module_class():
     class ResNet50Torch(nn.Module):
         """ResNet50 v1.5 with batch norm folded: float input (RGB minus means) → 1001 logits."""
 
-        def __init__(self, conv_pads: dict[str, Pads], pool_pads: Pads):
+        def __init__(self, conv_pads: dict[str, Pads], pool_pads: Pads, num_classes: int):
             super().__init__()
             specs = conv_specs()
             self.conv1 = Conv(specs[0], conv_pads["conv1"])
@@ -396,7 +398,7 @@ def _module_class():
                     layer.append(Bottleneck(specs[i : i + n], conv_pads))
                     i += n
                 setattr(self, f"layer{stage}", nn.Sequential(*layer))
-            self.fc = nn.Linear(FEATURES, NUM_CLASSES)
+            self.fc = nn.Linear(FEATURES, num_classes)
 
         def forward(self, x):
             x = self.conv1(x)
