@@ -17,6 +17,7 @@ class FakeModel:
     weights, precision, use_native, input_dtype = "synthetic", "fp32", False, np.dtype(np.float32)
     preprocessing, classes = MLPERF_PREPROCESSING, MLPERF_CLASSES
     source = types.SimpleNamespace(weights=get("synthetic"))
+    weights_entry = get("synthetic")
     backend = types.SimpleNamespace(streams=1)
 
     def input_from_crops(self, crops: np.ndarray) -> np.ndarray:

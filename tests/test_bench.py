@@ -55,11 +55,11 @@ def test_bench_infer_keeps_every_stream_busy():
     import numpy as np
     import pytest
 
+    from fakes import FakeModel
     from resnet50.apps.bench import bench_infer
 
-    class TwoStreams:
+    class TwoStreams(FakeModel):
         backend = type("Backend", (), {"streams": 2, "threads": 2, "name": "stub"})()
-        precision, weights, use_native = "fp32", "synthetic", False
 
         def __init__(self, fail_after: int | None = None):
             self.runs = self.running = self.most_at_once = 0

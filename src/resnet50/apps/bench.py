@@ -13,7 +13,6 @@ import numpy as np
 
 from resnet50.apps.pipeline import StageTimes, classify_stream
 from resnet50.core.cache import cache_dir
-from resnet50.core.constants import GMAC_PER_IMAGE
 from resnet50.core.samples import synthetic_batch, write_jpegs
 
 DEFAULT_IMAGE_COUNT = 200
@@ -78,7 +77,7 @@ def _result(model, mode: str, batch: int, images: int, seconds: float, latencies
         images_per_s=round(images / seconds, 2) if seconds else 0.0,
         latency_ms=percentiles(latencies),
         peak_rss_mb=round(peak_rss_mb(), 1),
-        gmac_per_s=round(images * GMAC_PER_IMAGE / seconds, 1) if seconds else 0.0,
+        gmac_per_s=round(images * model.weights_entry.gmac / seconds, 1) if seconds else 0.0,
         **extra,
     )
 
