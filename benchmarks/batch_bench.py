@@ -13,18 +13,16 @@ With ``--repeat R`` the engines run interleaved R times and each reports its bes
 
 ``--memory N [N ...]`` also checks that memory stays flat: the local engine on N images
 (hard links to the generated set) with the model's compute replaced by a stub, so 20,000
-images take a minute; it samples RSS as rows are written. Writes JSON and a PNG chart.
+images take a minute; it samples RSS as rows are written. Writes
+``benchmarks/results/batch_bench.json`` and a PNG chart (or ``--out``).
 
     python benchmarks/batch_bench.py --count 2000 --repeat 2 --memory 2000 20000
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+import common
 
 
 class RssSampler(threading.Thread):
@@ -162,55 +160,52 @@ def memory_check(model, folder: Path, count: int, batch: int, out: Path) -> dict
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = result["runs"]
     names = list(runs)
     panels = [p for p, wanted in (("speed", bool(runs)), ("memory", bool(result.get("memory")))) if wanted]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    if runs:
-        ax = axes[0][0]
-        speeds = [runs[n]["images_per_second"] for n in names]
-        bars = ax.bar(names, speeds, color=["#888888", "#1f77b4", "#ff7f0e"][: len(names)])
-        base = runs.get("baseline", {}).get("images_per_second")
-        for bar, speed in zip(bars, speeds):
-            label = f"{speed:.1f}" + (f"\n{speed / base:.0%} of baseline" if base else "")
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, speed), ha="center", va="bottom", fontsize=9)
-        ax.set_ylabel("images/s, end to end (engines also write Parquet)")
-        ax.set_title(
-            f"{result['count']} JPEGs, {result['precision']}, batch {result['batch']}, {result['weights']} weights"
-        )
-        ax.set_ylim(0, max(speeds) * 1.3)
-    if result.get("memory"):
-        ax = axes[0][-1]
-        for check in result["memory"]:
-            rows, mb = zip(*check["rss_samples"]) if check["rss_samples"] else ((), ())
-            ax.plot(rows, mb, marker=".", label=f"{check['count']} images (stub compute)")
-        ax.set_xlabel("rows written")
-        ax.set_ylabel("RSS (MiB)")
-        ax.set_title("local engine memory")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with common.figure(path, 1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False) as (_, axes):
+        if runs:
+            ax = axes[0][0]
+            speeds = [runs[n]["images_per_second"] for n in names]
+            bars = ax.bar(names, speeds, color=["#888888", "#1f77b4", "#ff7f0e"][: len(names)])
+            base = runs.get("baseline", {}).get("images_per_second")
+            for bar, speed in zip(bars, speeds):
+                label = f"{speed:.1f}" + (f"\n{speed / base:.0%} of baseline" if base else "")
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, speed), ha="center", va="bottom", fontsize=9)
+            ax.set_ylabel("images/s, end to end (engines also write Parquet)")
+            ax.set_title(
+                f"{result['count']} JPEGs, {result['precision']}, batch {result['batch']}, {result['weights']} weights"
+            )
+            ax.set_ylim(0, max(speeds) * 1.3)
+        if result.get("memory"):
+            ax = axes[0][-1]
+            for check in result["memory"]:
+                rows, mb = zip(*check["rss_samples"]) if check["rss_samples"] else ((), ())
+                ax.plot(rows, mb, marker=".", label=f"{check['count']} images (stub compute)")
+            ax.set_xlabel("rows written")
+            ax.set_ylabel("RSS (MiB)")
+            ax.set_title("local engine memory")
+            ax.legend()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=2000, help="generated JPEGs (default 2000)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=1, help="rounds; each engine reports its best (default 1)")
+    parser = common.parser(__doc__)
+    parser.add_argument("--count", type=common.positive_int, default=2000, help="generated JPEGs (default 2000)")
+    parser.add_argument("--batch", type=common.positive_int, default=8)
+    parser.add_argument(
+        "--repeat", type=common.positive_int, default=1, help="rounds; each engine reports its best (default 1)"
+    )
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--engines", default="baseline,local,ray", help="comma list of baseline, local, ray")
-    parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
-    parser.add_argument("--num-workers", type=int, default=1, help="Ray model actors")
-    parser.add_argument("--memory", type=int, nargs="*", default=[], metavar="N", help="memory checks on N images")
+    parser.add_argument("--ray-cpus", type=common.positive_int, default=os.cpu_count(), help="CPUs of the local Ray")
+    parser.add_argument("--num-workers", type=common.positive_int, default=1, help="Ray model actors")
+    parser.add_argument(
+        "--memory", type=common.positive_int, nargs="*", default=[], metavar="N", help="memory checks on N images"
+    )
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "resnet50-batch-bench")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "batch_bench.json")
+    common.add_out(parser, "batch_bench")
     args = parser.parse_args(argv)
 
     from resnet50 import ResNet50
@@ -221,19 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     work = args.data / "out"
     work.mkdir(parents=True, exist_ok=True)
     result = {
-        "benchmark": "batch",
+        **common.header("batch_bench"),
         "count": args.count,
         "batch": args.batch,
         "precision": args.precision,
         "weights": model.weights,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
         "runs": {},
     }
     model.classify(paths[: args.batch])  # warm-up, so the first engine does not pay for it
     for round_ in range(args.repeat):  # engines interleaved, so background load hits them alike
         for engine in engines:
-            print(f"[{engine}] round {round_ + 1}: {args.count} images ...", file=sys.stderr, flush=True)
+            common.log(f"[{engine}] round {round_ + 1}: {args.count} images ...")
             if engine == "baseline":
                 run = run_baseline(model, paths, args.batch)
             elif engine == "local":
@@ -251,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.update({"ray_cpus": args.ray_cpus, "num_workers": args.num_workers})
             else:
                 parser.error(f"unknown engine {engine!r}")
-            print(
-                f"[{engine}] {run['images_per_second']:.2f} images/s, peak RSS {run['peak_rss_mb']:.0f} MiB",
-                file=sys.stderr,
-            )
+            common.log(f"[{engine}] {run['images_per_second']:.2f} images/s, peak RSS {run['peak_rss_mb']:.0f} MiB")
             best = result["runs"].get(engine)
             rounds = [*(best or {}).get("rounds_images_per_second", []), run["images_per_second"]]
             if best is None or run["images_per_second"] > best["images_per_second"]:
@@ -275,21 +265,18 @@ def main(argv: list[str] | None = None) -> int:
         result["ray_rows_identical"] = local.equals(ray_rows)
     result["memory"] = []
     for count in args.memory:
-        print(f"[memory] {count} images, stub compute ...", file=sys.stderr, flush=True)
+        common.log(f"[memory] {count} images, stub compute ...")
         folder = linked_set(args.data / f"linked_{count}", paths, count)
         check = memory_check(model, folder, count, args.batch, work / f"memory_{count}.parquet")
         result["memory"].append(check)
-        print(
+        common.log(
             f"[memory] {count}: peak RSS {check['peak_rss_mb']:.0f} MiB, growth after warm-up "
-            f"{check['rss_growth_after_warmup_mb']:.1f} MiB",
-            file=sys.stderr,
+            f"{check['rss_growth_after_warmup_mb']:.1f} MiB"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    chart(result, args.out.with_suffix(".png"))
-    summary = {k: v for k, v in result.items() if k != "memory"}
+    common.save(args.out, result, chart)
+    summary = {k: v for k, v in result.items() if k not in ("machine", "memory")}
     summary["memory"] = [{k: v for k, v in m.items() if k != "rss_samples"} for m in result["memory"]]
-    print(json.dumps(summary, indent=2))
+    common.print_json(summary)
     return 0
 
 

@@ -6,27 +6,21 @@ one image at a time. Every other row is ``resnet50 bench`` in its own process (s
 is per configuration). With ``--repeat N`` every configuration runs N times in interleaved
 rounds and a row reports the run with the median images/s (all runs are kept in the JSON):
 the machines here are shared, and a noisy minute then moves one run, not the comparison.
-Writes ``benchmarks/results/cpu_bench.json`` and ``cpu_bench.png``.
+Writes ``benchmarks/results/cpu_bench.json`` and ``cpu_bench.png`` (or ``--out``).
 
-    python benchmarks/cpu_bench.py [--duration 10] [--repeat 3] [--quick]
+    python benchmarks/cpu_bench.py [--duration 10] [--repeat 3] [--quick] [--out PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+import common
 
 CONFIGS = [  # (name, bench arguments)
     ("ORT fp32 infer b8", ["--mode", "infer", "--precision", "fp32"]),
@@ -51,32 +45,22 @@ def reference_baseline(files: list[str], duration: float, warmup: float) -> dict
     import cv2
     import onnxruntime as ort
 
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from reference import pre_process_vgg
+    from resnet50.apps.bench import percentiles
     from resnet50.weights.source import resolve
 
+    pre_process_vgg = common.reference().pre_process_vgg
     session = ort.InferenceSession(str(resolve().path), providers=["CPUExecutionProvider"])
-    i = count = 0
-    start = time.perf_counter()
-    latencies = []
-    measuring = None
-    while True:
-        t0 = time.perf_counter()
-        tensor = pre_process_vgg(cv2.imread(files[i % len(files)]))[None]
-        session.run(["ArgMax:0"], {"input_tensor:0": tensor})
-        now = time.perf_counter()
-        i += 1
-        if measuring is None and now - start >= warmup:
-            measuring = now
-        elif measuring is not None:
-            count += 1
-            latencies.append(now - t0)
-            if now - measuring >= duration:
-                break
-    seconds = time.perf_counter() - measuring
-    from resnet50.apps.bench import percentiles
+    done = 0
 
-    return {"images_per_s": round(count / seconds, 2), "latency_ms": percentiles(latencies), "images": count}
+    def one_image() -> int:
+        nonlocal done
+        tensor = pre_process_vgg(cv2.imread(files[done % len(files)]))[None]
+        session.run(["ArgMax:0"], {"input_tensor:0": tensor})
+        done += 1
+        return 1
+
+    timed = common.run_for(one_image, duration, warmup)
+    return {"images_per_s": round(timed.per_s, 2), "latency_ms": percentiles(timed.latencies_s), "images": timed.items}
 
 
 def run_bench(args: list[str], duration: float, warmup: float) -> dict:
@@ -108,7 +92,7 @@ def median_run(results: list[dict]) -> dict:
     chosen["images_per_s_range"] = [good[0]["images_per_s"], good[-1]["images_per_s"]]
     latencies = [r["latency_ms"] for r in good if r.get("latency_ms")]
     if latencies:
-        chosen["latency_ms"] = {q: round(float(np.median([lat[q] for lat in latencies])), 3) for q in latencies[0]}
+        chosen["latency_ms"] = common.median_percentiles(latencies)
     if any("peak_rss_mb" in r for r in good):
         chosen["peak_rss_mb"] = max(r.get("peak_rss_mb", 0.0) for r in good)
     return chosen
@@ -125,46 +109,42 @@ def cold_start() -> float:
     return round(time.perf_counter() - start, 3)
 
 
-def chart(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r.get("images_per_s")]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
-    names = [r["name"] for r in rows]
-    values = [r["images_per_s"] for r in rows]
-    colors = [
-        "#999999" if r["name"].startswith("baseline") else "#1f77b4" if "e2e" in r["name"] else "#ff7f0e" for r in rows
-    ]
-    low = [v - r.get("images_per_s_range", [v, v])[0] for v, r in zip(values, rows)]
-    high = [r.get("images_per_s_range", [v, v])[1] - v for v, r in zip(values, rows)]
-    ax.barh(names, values, color=colors, xerr=[low, high], ecolor="#333333", capsize=3)
-    for y, v in enumerate(values):
-        ax.text(v + high[y], y, f" {v:.1f}", va="center")
-    ax.invert_yaxis()
-    ax.set_xlabel("images/s (higher is better)")
-    ax.set_title(
-        "ResNet50 v1.5 on this CPU, synthetic weights, one run\n(bar: median round; whiskers: range of the rounds)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def chart(result: dict, path: Path) -> None:
+    rows = [r for r in result["rows"] if r.get("images_per_s")]
+    with common.figure(path, figsize=(9, 0.45 * len(rows) + 1.5)) as (_, ax):
+        names = [r["name"] for r in rows]
+        values = [r["images_per_s"] for r in rows]
+        colors = [
+            "#999999" if r["name"].startswith("baseline") else "#1f77b4" if "e2e" in r["name"] else "#ff7f0e"
+            for r in rows
+        ]
+        low = [v - r.get("images_per_s_range", [v, v])[0] for v, r in zip(values, rows)]
+        high = [r.get("images_per_s_range", [v, v])[1] - v for v, r in zip(values, rows)]
+        ax.barh(names, values, color=colors, xerr=[low, high], ecolor="#333333", capsize=3)
+        for y, v in enumerate(values):
+            ax.text(v + high[y], y, f" {v:.1f}", va="center")
+        ax.invert_yaxis()
+        ax.set_xlabel("images/s (higher is better)")
+        ax.set_title(
+            f"ResNet50 v1.5 on this CPU, {result['weights']} weights, one run\n"
+            "(bar: median round; whiskers: range of the rounds)"
+        )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0)
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
+    parser.add_argument("--duration", type=common.positive_float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; rows give the median run")
+    parser.add_argument(
+        "--repeat", type=common.positive_int, default=1, help="interleaved rounds; rows give the median run"
+    )
     parser.add_argument("--quick", action="store_true", help="3 s per configuration, to check the script works")
-    args = parser.parse_args()
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    common.add_out(parser, "cpu_bench")
+    args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     from resnet50.apps.bench import default_images
-    from resnet50.core.cpu import cpu_info
+    from resnet50.weights.source import resolve
 
     files = [str(p) for p in default_images()]
     for precision in ("fp32", "int8"):  # build and cache every model before anything is timed
@@ -178,7 +158,7 @@ def main() -> None:
         for name, bench_args in CONFIGS:
             runs[name].append(run_bench(bench_args, args.duration, args.warmup))
         done = {name: r[-1].get("images_per_s", r[-1].get("error")) for name, r in runs.items()}
-        print(f"round {round_no}/{args.repeat}: " + "; ".join(f"{k}: {v}" for k, v in done.items()), file=sys.stderr)
+        common.log(f"round {round_no}/{args.repeat}: " + "; ".join(f"{k}: {v}" for k, v in done.items()))
     rows = [{"name": name, **median_run(results), "runs": results} for name, results in runs.items()]
     by_name = {r["name"]: r for r in rows}
     baseline = rows[0]["images_per_s"]
@@ -195,22 +175,18 @@ def main() -> None:
         "max_peak_rss_mb": max(r.get("peak_rss_mb", 0) for row in rows for r in row["runs"]),
     }
     payload = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_info(),
-        "python": platform.python_version(),
-        "weights": "synthetic",
+        **common.header("cpu_bench"),
+        "weights": resolve().weights,
         "duration_s": args.duration,
         "repeat": args.repeat,
         "rows": rows,
         "summary": summary,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu_bench.json").write_text(json.dumps(payload, indent=2) + "\n")
-    chart(rows, RESULTS / "cpu_bench.png")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {RESULTS / 'cpu_bench.json'} and cpu_bench.png", file=sys.stderr)
+    common.save(args.out, payload, chart)
+    common.print_json(summary)
+    return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    sys.exit(main())

@@ -15,8 +15,9 @@ the MLPerf file is fetched; same compute either way):
   ImageNet accuracy);
 - **GPU preprocessing vs exact**: pixel differences of nvJPEG+GPU resize, and of GPU resize alone.
 
-Writes ``benchmarks/results/gpu_bench.json`` and a PNG chart. One command, under 8 minutes
-on an H100 (``--budget`` seconds bounds the optional parts)::
+Writes ``benchmarks/results/gpu_bench.json`` (``gpu_bench_cpu_smoke.json`` with ``--device
+cpu``) and a PNG chart, or ``--out``. One command, under 8 minutes on an H100 (``--budget``
+seconds bounds the optional parts)::
 
     python benchmarks/gpu_bench.py
     python benchmarks/gpu_bench.py --device cpu --quick   # proves the script runs; numbers meaningless
@@ -24,12 +25,8 @@ on an H100 (``--budget`` seconds bounds the optional parts)::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+import common
+
 BASELINE = "eager_fp16_cl"
 
 CONFIGS = {
@@ -101,25 +99,23 @@ def throughput(backend, torch, device: str, batch: int, seconds: float) -> dict:
 
 def latency(backend, torch, device: str, iterations: int) -> dict:
     """Batch-1 latency (ms): host numpy in → host numpy out, and device tensor in → synced device out."""
+    from resnet50.apps.bench import percentiles
+
     host = (np.random.default_rng(0).standard_normal((1, 3, 224, 224)) * 60).astype(np.float32)
     dev = torch.from_numpy(host).to(device)
     for _ in range(20):
         backend.run({"input_tensor:0": host})
         backend.infer(dev)
-    host_ms, dev_ms = [], []
+    host_s, dev_s = [], []
     for _ in range(iterations):
         start = time.perf_counter()
         backend.run({"input_tensor:0": host})
-        host_ms.append((time.perf_counter() - start) * 1e3)
+        host_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         backend.infer(dev)
         sync(torch, device)
-        dev_ms.append((time.perf_counter() - start) * 1e3)
-
-    def pct(values):
-        return {f"p{q}": round(float(np.percentile(values, q)), 4) for q in (50, 90, 99)}
-
-    return {"iterations": iterations, "host_to_host_ms": pct(host_ms), "on_device_ms": pct(dev_ms)}
+        dev_s.append(time.perf_counter() - start)
+    return {"iterations": iterations, "host_to_host_ms": percentiles(host_s), "on_device_ms": percentiles(dev_s)}
 
 
 def make_backend(path: str, device: str, options: dict):
@@ -159,16 +155,11 @@ def e2e_gpu(backend, blobs: list[bytes], batch: int, seconds: float, device: str
         return done
 
     one_pass()  # warm-up: graph capture for the batch sizes used, nvJPEG handles
-    start, done = time.perf_counter(), 0
-    while True:
-        done += one_pass()
-        if time.perf_counter() - start >= seconds:
-            break
-    elapsed = time.perf_counter() - start
+    timed = common.run_for(one_pass, seconds)
     return {
-        "images": done,
+        "images": timed.items,
         "batch": batch,
-        "images_per_s": round(done / elapsed, 1),
+        "images_per_s": round(timed.per_s, 1),
         "decoder": "nvjpeg" if prep.nvjpeg else "opencv",
         "cpu_fallbacks": prep.fallbacks,
     }
@@ -197,33 +188,29 @@ def agreement(reference: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     best = {name: max(r["images_per_s"] for r in runs) for name, runs in result["inference"].items() if runs}
     names = list(best)
-    axes[0].barh(
-        names, [best[n] for n in names], color=["tab:gray" if n == result["baseline"] else "tab:blue" for n in names]
-    )
-    axes[0].set_xlabel("images/s (best batch, inference only)")
-    axes[0].set_title("throughput (gray: eager baseline)")
-    lat = result.get("latency_batch1", {})
-    axes[1].barh(list(lat), [v["host_to_host_ms"]["p90"] for v in lat.values()], color="tab:orange")
-    axes[1].set_xlabel("p90 ms, batch 1, host to host")
-    axes[1].set_title("latency")
-    e2e = {k: v["images_per_s"] for k, v in result.get("end_to_end", {}).items() if "images_per_s" in v}
-    axes[2].barh(list(e2e), list(e2e.values()), color="tab:green")
-    axes[2].set_xlabel("images/s from JPEG bytes")
-    axes[2].set_title("end to end")
-    meta = result["meta"]
-    fig.suptitle(
-        f"ResNet50 v1.5 on {meta['gpu']} — torch {meta['torch']} — {meta['date']} — weights: {meta['weights']}"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with common.figure(path, 1, 3, figsize=(16, 4.8)) as (fig, axes):
+        axes[0].barh(
+            names,
+            [best[n] for n in names],
+            color=["tab:gray" if n == result["baseline"] else "tab:blue" for n in names],
+        )
+        axes[0].set_xlabel("images/s (best batch, inference only)")
+        axes[0].set_title("throughput (gray: eager baseline)")
+        lat = result.get("latency_batch1", {})
+        axes[1].barh(list(lat), [v["host_to_host_ms"]["p90"] for v in lat.values()], color="tab:orange")
+        axes[1].set_xlabel("p90 ms, batch 1, host to host")
+        axes[1].set_title("latency")
+        e2e = {k: v["images_per_s"] for k, v in result.get("end_to_end", {}).items() if "images_per_s" in v}
+        axes[2].barh(list(e2e), list(e2e.values()), color="tab:green")
+        axes[2].set_xlabel("images/s from JPEG bytes")
+        axes[2].set_title("end to end")
+        meta, machine = result["meta"], result["machine"]
+        fig.suptitle(
+            f"ResNet50 v1.5 on {meta['gpu']} — torch {machine['versions'].get('torch')} — {machine['date']} — "
+            f"weights: {meta['weights']}"
+        )
 
 
 def goals(result: dict) -> dict:
@@ -258,23 +245,33 @@ def save(result: dict, out: Path, clock: Clock) -> None:
     """Write the JSON and chart so far: a run cut short still leaves what it measured."""
     result["goals"] = goals(result)
     result["meta"]["elapsed_s"] = round(time.perf_counter() - clock.start, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    chart(result, out.with_suffix(".png"))
+    result["machine"]["date"] = common.utc_now()
+    common.save(out, result, chart)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the script runs (CPU smoke test)")
-    parser.add_argument("--batches", type=int, nargs="+", help="inference batch sizes (default 64 128 256 512)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per measurement")
+    parser.add_argument(
+        "--batches", type=common.positive_int, nargs="+", help="inference batch sizes (default 64 128 256 512)"
+    )
+    parser.add_argument("--seconds", type=common.positive_float, default=1.0, help="timed seconds per measurement")
     parser.add_argument(
         "--compile-mode", default="max-autotune-no-cudagraphs", help="torch.compile mode; 'none' skips it"
     )
-    parser.add_argument("--images", type=int, default=1024, help="generated JPEGs for end to end and agreement")
-    parser.add_argument("--budget", type=float, default=420, help="seconds; optional parts are skipped past it")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--images", type=common.positive_int, default=1024, help="generated JPEGs for end to end and agreement"
+    )
+    parser.add_argument(
+        "--budget", type=common.positive_float, default=420, help="seconds; optional parts are skipped past it"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="result JSON (default: benchmarks/results/gpu_bench.json, gpu_bench_cpu_smoke.json with --device cpu);"
+        " a chart is written beside it as .png",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -297,14 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_synthetic(source)
     path = str(source.path)
     configs = CPU_CONFIGS if device == "cpu" else CONFIGS
-    out = args.out or HERE / "results" / ("gpu_bench.json" if device == "cuda" else "gpu_bench_cpu_smoke.json")
+    out = args.out or common.default_out("gpu_bench" if device == "cuda" else "gpu_bench_cpu_smoke")
 
+    head = common.header("gpu_bench")
     result: dict = {
+        **head,
         "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": device,
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or 'x86-64'})",
-            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({head['machine']['cpu']['name']})",
             "cuda": torch.version.cuda,
             "weights": source.weights,
             "model_md5": source.md5,
@@ -331,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         result["inference"][name] = [throughput(backend, torch, device, b, seconds) for b in batches]
         if name in (BASELINE, "graphs_fp16_cl", "eager_fp32_cpu"):
             result["latency_batch1"][name] = latency(backend, torch, device, 20 if quick else 300)
-        print(f"{name}: {[r['images_per_s'] for r in result['inference'][name]]} img/s", file=sys.stderr)
+        common.log(f"{name}: {[r['images_per_s'] for r in result['inference'][name]]} img/s")
         del backend
         release(torch, device)
     save(result, out, clock)
@@ -402,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         result["skipped"].append("torch.compile (cpu, --compile-mode none, or budget)")
 
     save(result, out, clock)
-    print(json.dumps({"goals": result["goals"], "out": str(out), "elapsed_s": result["meta"]["elapsed_s"]}, indent=2))
+    common.print_json({"goals": result["goals"], "out": str(out), "elapsed_s": result["meta"]["elapsed_s"]})
     return 0
 
 

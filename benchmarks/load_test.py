@@ -36,7 +36,6 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -47,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+import common
+
 GOAL_RATIO, GOAL_P99_MS = 0.8, 60.0
 
 
@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--workers", type=int, help="server decode threads (default: the server's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=HERE / "results" / "load_test.json")
+    common.add_out(p, "load_test")
     args = p.parse_args(argv)
     from resnet50.apps.serve.run import serving_defaults
 
@@ -433,11 +433,7 @@ OPEN_RUNS = ("open", "open_local")
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     opened, closed, base = result["open"], result["closed"], result["baseline"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1, 2.2, 1.4]})
     names = ["local e2e\n(classify_stream)", f"serve, closed loop\nconcurrency {closed['concurrency']}"]
@@ -480,14 +476,13 @@ def plot(result: dict, path: Path) -> None:
     ax3.legend(fontsize=7, loc="lower right")
     cfg = result["config"]
     fig.suptitle(
-        f"resnet50 serve on {result['machine']['cpus']} CPUs, {cfg['precision']} {cfg['backend'] or 'onnxruntime'}, "
+        f"resnet50 serve on {result['machine']['cpu']['cores']} CPUs, "
+        f"{cfg['precision']} {cfg['backend'] or 'onnxruntime'}, "
         f"weights: {result['weights']}, {cfg['streams']} model streams, max batch {cfg['max_batch']}, "
         f"max wait {cfg['max_wait_ms']:g} ms",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -513,23 +508,15 @@ def main(argv=None) -> int:
             goals[f"{name}_p99_at_most_60ms"] = run["p99_ms"] is not None and run["p99_ms"] <= GOAL_P99_MS
             goals[f"{name}_zero_errors_and_lost"] = run["error"] == 0 and run["lost"] == 0
     result = {
-        "benchmark": "load_test",
+        **common.header("load_test"),
         "weights": base["weights"],
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-        },
+        "config": common.settings(args),
         "baseline": base,
         "ratio": round(ratio, 3),
         **{k: v for k, v in served.items() if k != "server_url"},
         "goals": goals,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    png = args.out.with_suffix(".png")
-    plot(result, png)
+    png = common.save(args.out, result, plot)
     summary = {
         "weights": result["weights"],
         "baseline_images_per_s": round(base["images_per_s"], 2),
@@ -543,7 +530,7 @@ def main(argv=None) -> int:
         "json": str(args.out),
         "png": str(png),
     }
-    print(json.dumps(summary, indent=1))
+    common.print_json(summary)
     return 0
 
 

@@ -9,7 +9,8 @@ harness worker each) next to ``bench --streams N``; SingleStream runs with one s
 
 The LoadGen runs use short settings (``min_duration`` = ``--duration``, ``min_query_count``
 low) on generated JPEGs; Offline's ``target_qps`` is set 1.5x above the measured baseline so
-the run is VALID. Weights: synthetic (same compute as MLPerf's). Writes JSON and a PNG chart.
+the run is VALID. Weights: synthetic (same compute as MLPerf's) unless the MLPerf file is
+fetched. Writes ``benchmarks/results/mlperf_offline.json`` and a PNG chart (or ``--out``).
 
     python benchmarks/mlperf_offline.py --precision fp32 int8 --backend onnxruntime openvino --duration 30
     python benchmarks/mlperf_offline.py --precision int8 --backend openvino --streams 1 2
@@ -17,15 +18,11 @@ the run is VALID. Weights: synthetic (same compute as MLPerf's). Writes JSON and
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import common
 
 
 def build_dataset(count: int, cache: Path):
@@ -49,16 +46,16 @@ def bench_precision(precision: str, backend: str, streams: int, dataset, args, o
     name = f"{precision} {backend}" + (f" {streams} streams" if streams > 1 else "")
     logs = out_dir / name.replace(" ", "-")
     model = ResNet50.load(precision=precision, threads=args.threads, backend=backend, streams=streams)
-    print(f"[{name}] baseline: bench_infer batch {args.batch} for {args.duration}s", file=sys.stderr)
+    common.log(f"[{name}] baseline: bench_infer batch {args.batch} for {args.duration}s")
     baseline = bench_infer(model, batch=args.batch, duration=args.duration, warmup=1.0)
-    print(f"[{name}]   {baseline.images_per_s} img/s", file=sys.stderr)
+    common.log(f"[{name}]   {baseline.images_per_s} img/s")
     target_qps = max(1.0, 1.5 * baseline.images_per_s)
     offline = run(
         model, dataset,
         RunOptions(scenario="Offline", output=logs / "offline", target_qps=target_qps,
                    min_duration_ms=int(args.duration * 1000), min_query_count=1, batch_size=args.batch),
     )  # fmt: skip
-    print(f"[{name}]   LoadGen Offline {offline['metrics']['samples_per_second']} samples/s", file=sys.stderr)
+    common.log(f"[{name}]   LoadGen Offline {offline['metrics']['samples_per_second']} samples/s")
     offline_sps = offline["metrics"]["samples_per_second"]
     row = {
         "name": name,
@@ -85,10 +82,9 @@ def bench_precision(precision: str, backend: str, streams: int, dataset, args, o
                    target_latency_ms=baseline_b1.latency_ms["p50"], min_duration_ms=int(args.duration * 1000),
                    min_query_count=64),
     )  # fmt: skip
-    print(
+    common.log(
         f"[{name}]   batch-1 p90 {baseline_b1.latency_ms['p90']} ms; "
-        f"LoadGen SingleStream p90 {single['metrics']['percentile_latency_ms']:.3f} ms",
-        file=sys.stderr,
+        f"LoadGen SingleStream p90 {single['metrics']['percentile_latency_ms']:.3f} ms"
     )
     row["baseline_infer_batch1"] = baseline_b1.to_dict()
     row["singlestream"] = {
@@ -99,45 +95,44 @@ def bench_precision(precision: str, backend: str, streams: int, dataset, args, o
     return row
 
 
-def chart(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def chart(result: dict, path: Path) -> None:
     import numpy as np
 
+    rows = result["results"]
     names = [r["name"].replace(" ", "\n") for r in rows]
     x = np.arange(len(names))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(x - 0.2, [r["baseline_infer"]["images_per_s"] for r in rows], 0.4, label="resnet50 bench (infer)")
-    left.bar(x + 0.2, [r["offline"]["samples_per_second"] for r in rows], 0.4, label="LoadGen Offline")
-    left.set(xticks=x, xticklabels=names, ylabel="samples/s", title="Offline throughput")
-    left.legend()
-    single = [r for r in rows if r["singlestream"]]
-    y = np.arange(len(single))
-    right.bar(y - 0.2, [r["singlestream"]["baseline_batch1_p90_ms"] for r in single], 0.4, label="bench batch 1")
-    right.bar(y + 0.2, [r["singlestream"]["p90_latency_ms"] for r in single], 0.4, label="LoadGen SingleStream")
-    right.set(xticks=y, xticklabels=[r["name"].replace(" ", "\n") for r in single], ylabel="p90 latency (ms)",
-              title="SingleStream latency")  # fmt: skip
-    right.legend()
-    fig.suptitle(f"ResNet50 v1.5 MLPerf harness, synthetic weights, {os.cpu_count()} CPUs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with common.figure(path, 1, 2, figsize=(10, 4)) as (fig, (left, right)):
+        left.bar(x - 0.2, [r["baseline_infer"]["images_per_s"] for r in rows], 0.4, label="resnet50 bench (infer)")
+        left.bar(x + 0.2, [r["offline"]["samples_per_second"] for r in rows], 0.4, label="LoadGen Offline")
+        left.set(xticks=x, xticklabels=names, ylabel="samples/s", title="Offline throughput")
+        left.legend()
+        single = [r for r in rows if r["singlestream"]]
+        y = np.arange(len(single))
+        right.bar(y - 0.2, [r["singlestream"]["baseline_batch1_p90_ms"] for r in single], 0.4, label="bench batch 1")
+        right.bar(y + 0.2, [r["singlestream"]["p90_latency_ms"] for r in single], 0.4, label="LoadGen SingleStream")
+        right.set(xticks=y, xticklabels=[r["name"].replace(" ", "\n") for r in single], ylabel="p90 latency (ms)",
+                  title="SingleStream latency")  # fmt: skip
+        right.legend()
+        fig.suptitle(
+            f"ResNet50 v1.5 MLPerf harness, {result['weights']} weights, {result['machine']['cpu']['cores']} CPUs"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "int8"))
     parser.add_argument("--backend", nargs="+", default=["onnxruntime"], choices=("onnxruntime", "openvino"))
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds per measurement (default 30)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--streams", type=int, nargs="+", default=[1], help="Offline model streams (default 1)")
-    parser.add_argument("--count", type=int, default=64, help="generated images in the sample library")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "mlperf_offline.json")
+    parser.add_argument(
+        "--duration", type=common.positive_float, default=30.0, help="seconds per measurement (default 30)"
+    )
+    parser.add_argument("--batch", type=common.positive_int, default=8)
+    parser.add_argument("--threads", type=common.positive_int)
+    parser.add_argument(
+        "--streams", type=common.positive_int, nargs="+", default=[1], help="Offline model streams (default 1)"
+    )
+    parser.add_argument("--count", type=common.positive_int, default=64, help="generated images in the sample library")
+    common.add_out(parser, "mlperf_offline")
     args = parser.parse_args(argv)
-
-    from resnet50.core.cpu import cpu_info
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = build_dataset(args.count, Path(tmp) / "cache")
@@ -148,17 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.streams
         ]
     result = {
-        "benchmark": "mlperf_offline",
-        "weights": "synthetic",
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu": cpu_info()},
+        **common.header("mlperf_offline"),
+        "weights": rows[0]["baseline_infer"]["weights"],  # the same file for every row
+        "settings": {k: v for k, v in common.settings(args).items() if k != "out"},
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    chart(rows, args.out.with_suffix(".png"))
-    print(json.dumps({r["name"]: {"offline": r["offline"], "singlestream": r["singlestream"]} for r in rows}, indent=2))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
+    common.save(args.out, result, chart)
+    common.print_json({r["name"]: {"offline": r["offline"], "singlestream": r["singlestream"]} for r in rows})
     return 0
 
 

@@ -12,22 +12,20 @@ comparison); images/s and latency percentiles are the medians of the rounds':
 - batch 8, one stream: images/s.
 
 Every answer is checked bit-identical between the two models first. Writes
-``results/ov_batch_shapes.json`` and ``.png``.
+``results/ov_batch_shapes.json`` and ``.png`` (or ``--out``).
 
-    python benchmarks/ov_batch_shapes.py [--rounds 10] [--seconds 3]
+    python benchmarks/ov_batch_shapes.py [--rounds 10] [--seconds 3] [--out PATH]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+import common
+
 CONFIGS = {  # name: (batch, streams)
     "batch 1, 1 stream": (1, 1),
     "batch 1, 2 streams": (1, 2),
@@ -35,17 +33,16 @@ CONFIGS = {  # name: (batch, streams)
 }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=3.0, help="per configuration, model and round")
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
+    parser.add_argument("--rounds", type=common.positive_int, default=10)
+    parser.add_argument("--seconds", type=common.positive_float, default=3.0, help="per configuration, model and round")
     parser.add_argument("--precision", default="int8", choices=("fp32", "int8", "bf16"))
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "ov_batch_shapes.json")
+    common.add_out(parser, "ov_batch_shapes")
     args = parser.parse_args(argv)
 
     from resnet50 import ResNet50
     from resnet50.apps.bench import bench_infer
-    from resnet50.core.cpu import cpu_info
 
     tensor = np.random.default_rng(0).integers(0, 256, (8, 3, 224, 224), dtype=np.uint8)
     pairs = {}
@@ -70,63 +67,50 @@ def main(argv=None) -> int:
         for label, results in by_model.items():
             rates = [r.images_per_s for r in results]
             entry[label] = {
-                "images_per_s": round(float(np.median(rates)), 2),
+                "images_per_s": common.median(rates, 2),
                 "images_per_s_range": [round(min(rates), 2), round(max(rates), 2)],
-                "latency_ms": {
-                    q: round(float(np.median([r.latency_ms[q] for r in results])), 2) for q in ("p50", "p90", "p99")
-                },
+                "latency_ms": common.median_percentiles([r.latency_ms for r in results], 2),
             }
         any_size, exact = entry.values()
         entry["exact_over_any_images_per_s"] = round(exact["images_per_s"] / any_size["images_per_s"], 3)
         entry["exact_minus_any_p90_ms"] = round(exact["latency_ms"]["p90"] - any_size["latency_ms"]["p90"], 2)
         configs[name] = entry
     result = {
-        "benchmark": "ov_batch_shapes",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_info(),
+        **common.header("ov_batch_shapes"),
         "weights": next(iter(pairs.values()))[1]["any batch"].weights,
         "precision": args.precision,
         "rounds": args.rounds,
         "seconds": args.seconds,
         "configs": configs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out.with_suffix(".png"))
-    print(json.dumps(result, indent=1))
+    common.save(args.out, result, plot)
+    common.print_json({k: v for k, v in result.items() if k != "machine"})
     return 0
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (rate_ax, lat_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(result["configs"])
     x = np.arange(len(names))
-    for offset, label, color in ((-0.2, "any batch", "#98a2b3"), (0.2, "exactly", "#3e6ae1")):
-        rates, p90s = [], []
-        for name in names:
-            entry = next(v for k, v in result["configs"][name].items() if isinstance(v, dict) and label in k)
-            rates.append(entry["images_per_s"])
-            p90s.append(entry["latency_ms"]["p90"])
-        shown = "compiled for any batch" if label == "any batch" else "compiled for the exact batch"
-        rate_ax.bar(x + offset, rates, 0.4, label=shown, color=color)
-        lat_ax.bar(x + offset, p90s, 0.4, label=shown, color=color)
-    for ax, title in ((rate_ax, "images/s (median of rounds)"), (lat_ax, "per-run latency p90, ms")):
-        ax.set_xticks(x, names, fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        f"OpenVINO {result['precision']}, static vs dynamic batch, {result['cpu']['name']} "
-        f"{result['cpu']['cores']} cores, {result['weights']} weights, {result['date']}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with common.figure(path, 1, 2, figsize=(11, 4.2)) as (fig, (rate_ax, lat_ax)):
+        for offset, label, color in ((-0.2, "any batch", "#98a2b3"), (0.2, "exactly", "#3e6ae1")):
+            rates, p90s = [], []
+            for name in names:
+                entry = next(v for k, v in result["configs"][name].items() if isinstance(v, dict) and label in k)
+                rates.append(entry["images_per_s"])
+                p90s.append(entry["latency_ms"]["p90"])
+            shown = "compiled for any batch" if label == "any batch" else "compiled for the exact batch"
+            rate_ax.bar(x + offset, rates, 0.4, label=shown, color=color)
+            lat_ax.bar(x + offset, p90s, 0.4, label=shown, color=color)
+        for ax, title in ((rate_ax, "images/s (median of rounds)"), (lat_ax, "per-run latency p90, ms")):
+            ax.set_xticks(x, names, fontsize=8)
+            ax.set_title(title, fontsize=10)
+            ax.legend(fontsize=8)
+        cpu = result["machine"]["cpu"]
+        fig.suptitle(
+            f"OpenVINO {result['precision']}, static vs dynamic batch, {cpu['name']} "
+            f"{cpu['cores']} cores, {result['weights']} weights, {result['machine']['date']}",
+            fontsize=9,
+        )
 
 
 if __name__ == "__main__":

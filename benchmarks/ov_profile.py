@@ -6,23 +6,19 @@ kernel (1x1 convolution, 3x3/7x7 convolution, the rest) the ms per batch, its sh
 multiply-accumulates it performed per second, computed from the model's shapes, and the ten
 convolutions that run slowest per multiply-accumulate. Also
 lists the precision every layer ran in, so a layer left in float would show. Writes
-``results/ov_profile.json``.
+``results/ov_profile.json`` (or ``--out``); no chart.
 
-    python benchmarks/ov_profile.py [--batch 8] [--runs 20]
+    python benchmarks/ov_profile.py [--batch 8] [--runs 20] [--out PATH]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+import common
 
 
 def conv_macs(model) -> dict[str, int]:
@@ -38,12 +34,12 @@ def conv_macs(model) -> dict[str, int]:
     return macs
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "ov_profile.json")
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
+    parser.add_argument("--batch", type=common.positive_int, default=8)
+    parser.add_argument("--runs", type=common.positive_int, default=20)
+    parser.add_argument("--threads", type=common.positive_int, help="inference threads (default: all cores)")
+    common.add_out(parser, "ov_profile")
     args = parser.parse_args(argv)
 
     import openvino as ov
@@ -111,9 +107,7 @@ def main(argv=None) -> int:
         for name, g in sorted(groups.items(), key=lambda kv: -kv[1]["ms"])
     }
     result = {
-        "benchmark": "ov_profile",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "openvino": ov.__version__,
+        **common.header("ov_profile"),
         "model": path.name,
         "batch": args.batch,
         "threads": config["INFERENCE_NUM_THREADS"],
@@ -125,9 +119,8 @@ def main(argv=None) -> int:
         "slowest_convolutions": slowest,
         "runtime_precisions": dict(sorted(precisions.items())),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    common.save(args.out, result)
+    common.print_json({k: v for k, v in result.items() if k != "machine"})
     return 0
 
 

@@ -5,7 +5,7 @@ Each configuration is a full ``load_test.py`` run (local baseline, closed loop, 
 the configurations run in interleaved rounds: the machines here are shared, so a noisy
 minute moves one run, not the comparison. The baseline configuration is the server as it was
 before model streams: one stream of all threads with batches of up to 8. Writes
-``benchmarks/results/serve_configs.json`` and ``.png``.
+``benchmarks/results/serve_configs.json`` and ``.png`` (or ``--out``).
 
     python benchmarks/serve_configs.py --rounds 3 --duration 30 --rate 36
 """
@@ -17,15 +17,12 @@ import contextlib
 import json
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import load_test  # noqa: E402
+import common
+import load_test
 
 CONFIGS = {  # name: load_test arguments
     "1 stream, batches up to 8 (before)": ["--streams", "1", "--max-batch", "8"],
@@ -33,22 +30,23 @@ CONFIGS = {  # name: load_test arguments
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=float, default=30.0, help="open-loop seconds per run (default 30)")
-    p.add_argument("--rate", type=float, default=36.0, help="open-loop requests/s for every run (default 36)")
-    p.add_argument("--count", type=int, default=200, help="images; closed-loop requests (default 200)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = common.parser(__doc__)
+    p.add_argument("--rounds", type=common.positive_int, default=3)
+    p.add_argument(
+        "--duration", type=common.positive_float, default=30.0, help="open-loop seconds per run (default 30)"
+    )
+    p.add_argument(
+        "--rate", type=common.positive_float, default=36.0, help="open-loop requests/s for every run (default 36)"
+    )
+    p.add_argument("--count", type=common.positive_int, default=200, help="images; closed-loop requests (default 200)")
     p.add_argument("--precision", default="int8", choices=("fp32", "int8"))
     p.add_argument("--backend", default="openvino", choices=("onnxruntime", "openvino"))
-    p.add_argument("--out", type=Path, default=HERE / "results" / "serve_configs.json")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.duration <= 0 or args.rate <= 0:
-        p.error("--rounds must be >= 1, --duration and --rate > 0")
-    return args
+    common.add_out(p, "serve_configs")
+    return p.parse_args(argv)
 
 
-def one_run(args, extra: list[str], out: Path) -> dict:
+def one_run(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
     common = ["--count", str(args.count), "--duration", str(args.duration), "--rate", str(args.rate)]
     common += ["--precision", args.precision, "--backend", args.backend, "--native", "--out", str(out)]
     with contextlib.redirect_stdout(sys.stderr):  # its summary; ours is the one on stdout
@@ -68,64 +66,52 @@ def one_run(args, extra: list[str], out: Path) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.4))
     names = list(result["configs"])
-    for i, name in enumerate(names):
-        runs = result["configs"][name]["runs"]
-        for key, marker, color in (("p99_ms", "o", "#3e6ae1"), ("p50_ms", "s", "#98a2b3")):
-            ax.scatter([i] * len(runs), [r[key] for r in runs], marker=marker, color=color, zorder=3)
-        ax.scatter([i], [np.median([r["floor_p99_ms"] for r in runs])], marker="_", s=600, color="#12b76a", zorder=2)
-    ax.scatter([], [], marker="o", color="#3e6ae1", label="p99 of a run")
-    ax.scatter([], [], marker="s", color="#98a2b3", label="p50 of a run")
-    ax.scatter([], [], marker="_", s=200, color="#12b76a", label="ideal-server p99 (median)")
-    ax.axhline(load_test.GOAL_P99_MS, color="#b42318", ls="--", lw=1, label="goal p99")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("latency (ms)")
-    ax.set_title(
-        f"resnet50 serve, {result['config']['precision']} {result['config']['backend']}, "
-        f"{result['config']['rate']:g} req/s Poisson for {result['config']['duration']:g} s, "
-        f"{result['config']['rounds']} interleaved rounds ({result['weights']} weights)",
-        fontsize=9,
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with common.figure(path, figsize=(9, 4.4)) as (_, ax):
+        for i, name in enumerate(names):
+            runs = result["configs"][name]["runs"]
+            for key, marker, color in (("p99_ms", "o", "#3e6ae1"), ("p50_ms", "s", "#98a2b3")):
+                ax.scatter([i] * len(runs), [r[key] for r in runs], marker=marker, color=color, zorder=3)
+            floor = np.median([r["floor_p99_ms"] for r in runs])
+            ax.scatter([i], [floor], marker="_", s=600, color="#12b76a", zorder=2)
+        ax.scatter([], [], marker="o", color="#3e6ae1", label="p99 of a run")
+        ax.scatter([], [], marker="s", color="#98a2b3", label="p50 of a run")
+        ax.scatter([], [], marker="_", s=200, color="#12b76a", label="ideal-server p99 (median)")
+        ax.axhline(load_test.GOAL_P99_MS, color="#b42318", ls="--", lw=1, label="goal p99")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(
+            f"resnet50 serve, {result['config']['precision']} {result['config']['backend']}, "
+            f"{result['config']['rate']:g} req/s Poisson for {result['config']['duration']:g} s, "
+            f"{result['config']['rounds']} interleaved rounds ({result['weights']} weights)",
+            fontsize=9,
+        )
+        ax.legend(fontsize=8)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     configs = {name: {"args": extra, "runs": []} for name, extra in CONFIGS.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):
             for name, extra in CONFIGS.items():
-                print(f"round {round_no + 1}/{args.rounds}: {name} ...", file=sys.stderr)
+                common.log(f"round {round_no + 1}/{args.rounds}: {name} ...")
                 configs[name]["runs"].append(one_run(args, extra, Path(tmp) / "run.json"))
     for entry in configs.values():
-        entry["median_p99_ms"] = float(np.median([r["p99_ms"] for r in entry["runs"]]))
-        entry["median_closed_ratio"] = float(np.median([r["closed_ratio"] for r in entry["runs"]]))
+        entry["median_p99_ms"] = common.median(r["p99_ms"] for r in entry["runs"])
+        entry["median_closed_ratio"] = common.median(r["closed_ratio"] for r in entry["runs"])
     result = {
-        "benchmark": "serve_configs",
+        **common.header("serve_configs"),
         "weights": next(iter(configs.values()))["runs"][0]["weights"],
-        "started": started,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": common.settings(args),
         "configs": configs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    plot(result, args.out.with_suffix(".png"))
+    common.save(args.out, result, plot)
     summary = {
         name: {"median_p99_ms": e["median_p99_ms"], "p99_ms": [r["p99_ms"] for r in e["runs"]]}
         for name, e in configs.items()
     }
-    json.dump({**summary, "json": str(args.out)}, sys.stdout, indent=1)
-    print()
+    common.print_json({**summary, "json": str(args.out)})
     return 0
 
 
