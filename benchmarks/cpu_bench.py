@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     payload = {
         **common.header("cpu_bench"),
-        "weights": resolve().weights,
+        "weights": resolve().kind,
         "duration_s": args.duration,
         "repeat": args.repeat,
         "rows": rows,

@@ -303,13 +303,13 @@ def main(argv: list[str] | None = None) -> int:
             "device": device,
             "gpu": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({head['machine']['cpu']['name']})",
             "cuda": torch.version.cuda,
-            "weights": source.weights,
+            "weights": source.kind,
             "model_md5": source.md5,
             "quick": quick,
             "cpu_workers": workers,
             "command": " ".join([sys.executable, *sys.argv]),
             "note": "synthetic weights: agreement is between precisions, not ImageNet accuracy"
-            if source.weights == "synthetic"
+            if source.weights.synthetic
             else "",
         },
         "baseline": BASELINE if device == "cuda" else "eager_fp32_cpu",
