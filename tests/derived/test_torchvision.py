@@ -233,3 +233,14 @@ def test_cli_classify_gives_torchvisions_top5(reference, sample_photos):
     result = json.loads(out.stdout)
     assert [p["class_id"] for p in result["results"][0]["predictions"]] == expected
     assert result["weights"] == "custom"
+
+
+def test_without_torch_the_conversion_names_the_extra(tmp_path, monkeypatch):
+    from resnet50 import BackendUnavailableError
+
+    path = tmp_path / "needs-torch.pth"
+    path.write_bytes(b"PK\x03\x04 never read")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    expected = r"needs-torch\.pth: reading a PyTorch checkpoint needs torch: pip install 'resnet50\[torch\]'$"
+    with pytest.raises(BackendUnavailableError, match=expected):
+        ResNet50.load(weights="torchvision-v2", model=path)
