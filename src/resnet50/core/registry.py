@@ -172,44 +172,38 @@ def _torchvision(name: str, filename: str, resize: int, metrics: Metrics, **extr
     )
 
 
+#: The published files, one row each: MLPerf's ONNX releases (name, URL, md5, opset) ...
+_MLPERF_FILES = (
+    (
+        "mlperf-opset11",
+        "https://zenodo.org/record/4735647/files/resnet50_v1.onnx",
+        "f6a4da60cd5f084d97efc2c1ddb10beb",
+        11,
+    ),
+    (
+        "mlperf-opset8",
+        "https://zenodo.org/record/2592612/files/resnet50_v1.onnx",
+        "a638cf028b5870da29e09ccc2f7182e7",
+        8,
+    ),
+)
+#: ... and torchvision's state dicts (name, file, resize, top-1, top-5, source, MLPerf division, notes).
+_TORCHVISION_FILES = (
+    ("torchvision-v1", "resnet50-0676ba61.pth", 256, 76.130, 92.862, _TORCHVISION_SOURCE, "open",
+     "MLPerf's PyTorch reference file resnet50-19c8e357.pth (76.014%) is this family: see mlperf-pytorch"),
+    ("torchvision-v2", "resnet50-11ad3fa6.pth", 232, 80.858, 95.434, _TORCHVISION_SOURCE, "open",
+     "trained with torchvision's newer recipe; its weights differ from MLPerf's reference"),
+    ("mlperf-pytorch", "resnet50-19c8e357.pth", 256, 76.014, None, _MLPERF_SOURCE, "closed",
+     "the file MLPerf's PyTorch reference implementation runs (torchvision 0.8.2's resnet50)"),
+)  # fmt: skip
+
 REGISTRY: dict[str, Weights] = {
     w.name: w
     for w in (
-        _mlperf(
-            "mlperf-opset11",
-            "https://zenodo.org/record/4735647/files/resnet50_v1.onnx",
-            "f6a4da60cd5f084d97efc2c1ddb10beb",
-            11,
-        ),
-        _mlperf(
-            "mlperf-opset8",
-            "https://zenodo.org/record/2592612/files/resnet50_v1.onnx",
-            "a638cf028b5870da29e09ccc2f7182e7",
-            8,
-        ),
-        _torchvision(
-            "torchvision-v1",
-            "resnet50-0676ba61.pth",
-            256,
-            Metrics(top1=76.130, top5=92.862, source=_TORCHVISION_SOURCE),
-            mlperf_division="open",
-            notes="MLPerf's PyTorch reference file resnet50-19c8e357.pth (76.014%) is this family: see mlperf-pytorch",
-        ),
-        _torchvision(
-            "torchvision-v2",
-            "resnet50-11ad3fa6.pth",
-            232,
-            Metrics(top1=80.858, top5=95.434, source=_TORCHVISION_SOURCE),
-            mlperf_division="open",
-            notes="trained with torchvision's newer recipe; its weights differ from MLPerf's reference",
-        ),
-        _torchvision(
-            "mlperf-pytorch",
-            "resnet50-19c8e357.pth",
-            256,
-            Metrics(top1=76.014, top5=None, source=_MLPERF_SOURCE),
-            mlperf_division="closed",
-            notes="the file MLPerf's PyTorch reference implementation runs (torchvision 0.8.2's resnet50)",
+        *(_mlperf(*row) for row in _MLPERF_FILES),
+        *(
+            _torchvision(name, filename, resize, Metrics(top1, top5, source), mlperf_division=division, notes=notes)
+            for name, filename, resize, top1, top5, source, division, notes in _TORCHVISION_FILES
         ),
         Weights(
             name="synthetic",
