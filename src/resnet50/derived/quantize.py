@@ -9,9 +9,8 @@ quantizes to the same fused graph as ours.
 
 The classifier, pooling and softmax stay float; so does the bias ``Add`` of tf2onnx's ``MatMul``
 + ``Add`` classifier, which the quantizer would otherwise round to ~90 distinct logits out of
-1001, tying the top classes. They cost 0.05% of the MACs. An int8 classifier was measured: within
-noise in speed (OpenVINO batch 1 +0.6%, batch 8 -0.8%; ONNX Runtime batch 8 -0.6%), and top-1
-agreement with fp32 fell from 87.5% to 84.5% on the fidelity test's 200 photos.
+1001, tying the top classes. They cost 0.05% of the MACs. An int8 classifier was tried: no faster
+beyond noise, and further from fp32 in top-1 agreement (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ from resnet50.processing.preprocess import preprocess
 from resnet50.weights.source import ModelSource
 
 # Relu is listed so the quantizer folds it into the ranges of what precedes it: ONNX Runtime
-# then runs the whole body as QLinearConv/QLinearAdd in NHWC (measured 1.27x faster than
-# leaving Relu in float between DequantizeLinear and QuantizeLinear).
+# then runs the whole body as QLinearConv/QLinearAdd in NHWC (faster than leaving Relu in
+# float between DequantizeLinear and QuantizeLinear).
 QUANTIZED_OPS = ["Conv", "Add", "MaxPool", "Relu"]
 _CLASSIFIER_OPS = ("Gemm", "MatMul")
 _RECIPE = 2  # 2: the graph optimized first, nothing after the classifier quantized
@@ -89,8 +88,8 @@ def _optimized(model, source_path: str | os.PathLike):
     Pads moved into the convolutions.
 
     The quantizer works on the graph as written: on the MLPerf file's layout (unfolded batch
-    norm, explicit Pads) int8 ran at half speed without this (40.5 against 82.5 img/s with ONNX
-    Runtime at batch 8, 199 against 94 ms per batch of 8 with OpenVINO).
+    norm, explicit Pads) int8 ran at about half speed without this, on ONNX Runtime and OpenVINO
+    (docs/performance.md).
     """
     import tempfile
 

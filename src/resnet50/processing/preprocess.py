@@ -156,8 +156,8 @@ def center_crop_uint8(bgr: np.ndarray, source: str = "image") -> np.ndarray:
     When both sides shrink, only the rows and columns up to the crop's far edges are resized:
     an INTER_AREA output pixel depends only on its own source window, and giving OpenCV the
     reference's scale factors (instead of an output size) keeps every weight identical, so the
-    crop is bit-identical to resizing the whole image (tested over hundreds of sizes) at ~80%
-    of the cost. ``source`` names the input in errors.
+    crop is bit-identical to resizing the whole image (tested over hundreds of sizes) at less
+    cost (``benchmarks/preprocess_bench.py``). ``source`` names the input in errors.
     """
     import cv2
 

@@ -57,9 +57,9 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # By default idle inference threads sleep instead of spinning: spinning bought no
-        # throughput (int8 batch 8: 85-88 img/s either way) but took the cores that decode
-        # threads and a server's event loop need (open-loop p99 236 -> 135 ms in one load test).
-        # A process that only runs the model gains batch-1 latency from it (int8 p50 16.6 -> 15.3 ms).
+        # throughput but took the cores that decode threads and a server's event loop need
+        # (a longer load-test tail). A process that only runs the model gains batch-1 latency
+        # from it. Figures: docs/performance.md.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin_wait else "0")
         return options
 

@@ -34,10 +34,9 @@ def serving_defaults(
     """The model streams and max batch that ``serve`` uses unless told otherwise.
 
     Two streams of half the threads each, one image per run: a 2-thread run stalls whenever
-    decoding or HTTP work preempts either thread, and a 1-thread stream gains ~10% at most
-    from batches, while a batch makes its first image wait for the last
-    (``benchmarks/serve_configs.py``, 36 req/s: p99 81-84 ms against 127-364 ms for one stream
-    with batches of up to 8)."""
+    decoding or HTTP work preempts either thread, and a 1-thread stream gains little from
+    batches, while a batch makes its first image wait for the last: a shorter tail under load
+    (``benchmarks/serve_configs.py``; figures in docs/performance.md)."""
     if streams is None:
         streams = 1 if device == "cuda" else min(2, threads or physical_cores())
     if max_batch is None:
@@ -52,7 +51,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted connections inherit this: without it the response body waits for the ACK of
-        # the headers, which a keep-alive client delays ~40 ms (measured: 64 -> 20 ms per request).
+        # the headers, which a keep-alive client delays (TCP delayed ACK).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError as exc:
@@ -101,7 +100,7 @@ def serve(model: ResNet50, sock: socket.socket, settings: ServeSettings) -> None
             file=sys.stderr,
         )
     # Everything loaded so far lives as long as the server: out of the collector's sight, a
-    # full collection under load scans only what requests create (one took 32 ms before).
+    # full collection under load scans only what requests create, not the whole model.
     gc.collect()
     gc.freeze()
     _draining_server(config).run(sockets=[sock])
