@@ -24,7 +24,7 @@ same model options and serve's own defaults for ``--streams`` and ``--max-batch`
 are given, and stopped with SIGTERM at the end. Everything is bounded: request
 count, duration, per-request timeout. Writes ``benchmarks/results/load_test.json`` and a PNG.
 
-    python benchmarks/load_test.py --count 400 --duration 60 --also-local-rate   # README figures
+    python benchmarks/load_test.py --count 400 --duration 60 --also-local-rate   # docs/performance.md figures
     python benchmarks/load_test.py --count 48 --duration 10             # a quick check
 """
 
