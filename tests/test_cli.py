@@ -116,3 +116,14 @@ def test_fetch_to_an_impossible_folder_is_one_line(tmp_path):
     blocker.write_text("x")
     proc = resnet50("fetch", "--output", str(blocker / "m.onnx"), "--url", "http://127.0.0.1:9/m.onnx")
     assert proc.returncode == 2 and f"{blocker}: cannot create the download folder" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """``resnet50 weights | head -1``: no BrokenPipeError traceback, the exit code a shell expects (141)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnet50", "weights"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and stderr == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from resnet50.core.errors import ResNet50Error
@@ -29,13 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not reported at exit
+        return code
     except ResNet50Error as exc:
         print(f"resnet50 {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"resnet50 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``resnet50 weights | head``): stop quietly, as cat and ls do. Python
+        # would report the pipe again when it flushes stdout at exit, so point stdout at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
