@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,10 @@ def create_app(
     within ``body_timeout`` seconds; ``log`` takes one-line messages (default: stderr)."""
     metrics = Metrics({"weights": model.weights, "precision": model.precision, "backend": model.backend.name})
     batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
+    # python-multipart logs a warning for each flaw of a client's body (and with no handler set up,
+    # Python prints it raw on stderr); the client gets our 400 naming the problem instead.
+    for name in ("python_multipart", "multipart"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     max_body = int(max_body_mb * 1024 * 1024)
     max_pixels = int(max_megapixels * 1e6)
     log = log or (lambda message: print(f"resnet50 serve: {message}", file=sys.stderr, flush=True))

@@ -156,7 +156,7 @@ def _requested_outputs(request: dict, model) -> tuple[list[str], dict[str, bool]
     params = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
     default_binary = bool(params.get("binary_data_output", False))
     wanted = request.get("outputs")
-    if wanted is None:
+    if wanted is None or wanted == []:  # none named: all of them (as Triton does for an empty list)
         return available, {n: default_binary for n in available}
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise InvalidInputError("'outputs' must be a list of objects with a 'name'")
