@@ -298,6 +298,21 @@ def test_connection_cap_answers_503_with_retry_after(model_fp32, tmp_path):
     assert "connections open: answering 503 past --max-connections 3" in srv.stderr
 
 
+@pytest.mark.slow
+def test_sigterm_answers_uploads_still_arriving_with_503(model_fp32, tmp_path):
+    """Not yet admitted, so not waited for: no graceful-timeout cancellation, no traceback."""
+    srv = ServerProcess(tmp_path, "--graceful-timeout", "5")
+    with _connect(srv) as sock:
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n" + b"\0" * 10)
+        assert _wait_for(lambda: _metric(srv, "resnet50_open_connections") >= 2)
+        assert srv.stop() == 0
+        status, headers, body = _parse(_read_until_closed(sock))
+    assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert _strict_json(body) == {"error": "server shutting down; retry"}
+    log = srv.stderr
+    assert "Traceback" not in log and "Cancel" not in log and "went away" not in log, log
+
+
 def test_cli_shows_the_limit_flags_with_their_defaults():
     out = subprocess.run(
         [sys.executable, "-m", "resnet50", "serve", "--help"], capture_output=True, text=True, timeout=60

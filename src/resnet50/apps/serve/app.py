@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 
 from resnet50.apps.serve import v2
 from resnet50.apps.serve.batcher import Batcher, Overloaded
+from resnet50.apps.serve.connections import REFUSED
 from resnet50.apps.serve.metrics import CONTENT_TYPE, Metrics
 from resnet50.core.errors import ImageDecodeError, InvalidInputError, ResNet50Error
 from resnet50.processing.preprocess import PreprocessContext
@@ -292,6 +293,8 @@ def create_app(
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):
+        if request.scope.get(REFUSED):  # the server answered it itself (503 on shutdown)
+            return Response(status_code=503)
         client = request.client
         who = f"client {client.host}:{client.port}" if client else "a client"
         log(f"{who} went away {exc.when}: {request.method} {request.url.path}")

@@ -9,7 +9,8 @@ only with a bare 503. :func:`guarded_protocol` subclasses its httptools protocol
 - headers larger than ``max_header_bytes`` get 431 and the connection closes;
 - past ``max_connections`` open connections, a request gets 503 with ``Retry-After``;
 - a body still trickling in ``body_timeout`` seconds after its headers, once the request was
-  answered without it, closes the connection (the app answers a body it waits for with 408).
+  answered without it, closes the connection (the app answers a body it waits for with 408);
+- on shutdown, a request still sending its body (so never admitted) gets 503 at once.
 
 Each refusal is a JSON ``{"error": ...}`` naming the limit and its flag, counted in
 ``resnet50_connections_refused_total{reason}``. The idle time between keep-alive requests
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from resnet50.apps.serve.metrics import Metrics
 
+REFUSED = "resnet50.refused"  # scope key: why the protocol answered a request itself (its app sees a disconnect)
 LINGER_S = 1.0  # after a refusal, how long what the client still sends is read and dropped
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
@@ -148,6 +150,24 @@ def guarded_protocol(limits: ConnectionLimits, metrics: Metrics, log: Callable[[
             if self._body_deadline is not None and time.monotonic() >= self._body_deadline:
                 self._body_timed_out()  # answered without its body, which is still overdue
 
+        def shutdown(self) -> None:
+            """SIGTERM: a request still sending its body holds no queue slot and was never
+            accepted: it gets 503 at once instead of holding the shutdown for its body timeout."""
+            cycle = self.cycle
+            if (
+                cycle is not None
+                and not cycle.response_started
+                and cycle.more_body
+                and self._body_deadline is not None
+                and not self._lingering
+            ):
+                cycle.scope[REFUSED] = "shutdown"  # tells the app why its client is gone
+                self._refuse(503, "shutdown", "server shutting down; retry", ((b"retry-after", b"1"),), own_cycle=True)
+                cycle.disconnected = True  # the app stops waiting for the body; what it sends is dropped
+                cycle.message_event.set()
+                return
+            super().shutdown()
+
         def _unsupported_upgrade_warning(self) -> None:
             """No upgrade is offered (no WebSocket endpoints): the request is answered as plain HTTP,
             without uvicorn's two warning lines for each one."""
@@ -173,11 +193,19 @@ def guarded_protocol(limits: ConnectionLimits, metrics: Metrics, log: Callable[[
                 metrics.refused.inc("body_timeout")
                 self._linger()
 
-        def _refuse(self, status: int, reason: str, message: str, extra=()) -> None:
+        def _refuse(self, status: int, reason: str, message: str, extra=(), own_cycle: bool = False) -> None:
+            """Answer ``status`` and close. ``own_cycle``: the refused request is the current cycle
+            (on shutdown); otherwise an earlier request's answer may still be to come, and then the
+            connection only closes after it (nothing is written in between)."""
             metrics.refused.inc(reason)
             self._cancel_timers()
-            if self.cycle is None or self.cycle.response_complete:  # no response of ours is on the wire
-                self.transport.write(refusal(status, message, extra))
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not own_cycle:
+                self._lingering = True
+                self._in_headers = False
+                cycle.keep_alive = False
+                return
+            self.transport.write(refusal(status, message, extra))
             self._linger()
 
         def _linger(self) -> None:
@@ -185,8 +213,6 @@ def guarded_protocol(limits: ConnectionLimits, metrics: Metrics, log: Callable[[
             close (closing with unread data would reset the connection before the client reads)."""
             self._lingering = True
             self._in_headers = False
-            if self.cycle is not None and not self.cycle.response_complete:
-                self.cycle.keep_alive = False
             self.flow.resume_reading()
             if self.transport.can_write_eof():
                 self.transport.write_eof()
