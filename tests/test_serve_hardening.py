@@ -357,6 +357,37 @@ def test_serve_settings_carry_the_limits_to_the_protocol():
     assert ServeSettings(max_batch=1).limits() == ConnectionLimits()
 
 
+def test_bodies_being_received_at_once_have_a_budget(model_fp32):
+    """Stalled uploads hold no queue slot, so what they hold in memory is bounded by itself:
+    --max-queue x --max-body-mb bytes of bodies in flight (here 2 x 1 MB), then 503."""
+    from resnet50.apps.serve.app import create_app
+
+    client = AppClient(create_app(model_fp32, max_queue=2, max_body_mb=1, log=lambda m: None))
+    release = asyncio.Event()
+
+    async def slow_body():
+        yield b"\0" * 700_000
+        await release.wait()
+
+    async def scenario():
+        held = [asyncio.ensure_future(client.client.post("/v1/classify", content=slow_body())) for _ in range(2)]
+        await asyncio.sleep(0.2)  # both have sent 700 kB and wait
+        third = await client.client.post("/v1/classify", content=b"\0" * 700_000)
+        release.set()
+        return third, await asyncio.gather(*held)
+
+    try:
+        third, held = client.call(scenario())
+    finally:
+        client.close()
+    assert third.status_code == 503 and third.headers["retry-after"] == "1"
+    assert third.json() == {
+        "error": "server busy: 2.0 MB of request bodies being received, the limit is 2 MB "
+        "(--max-queue x --max-body-mb); retry after 1 s"
+    }
+    assert [r.status_code for r in held] == [400, 400]  # not images, but received and answered
+
+
 # --- 3. fairness: one large request does not starve a small one ---
 
 

@@ -90,6 +90,34 @@ class BodyTimeout(Exception):
         )
 
 
+class BodiesOverBudget(Exception):
+    """Too many bytes of request bodies are being received at once (answered with 503)."""
+
+    def __init__(self, held: int, limit: int):
+        mb = 1024 * 1024
+        super().__init__(
+            f"server busy: {held / mb:.1f} MB of request bodies being received, the limit is {limit / mb:g} MB "
+            "(--max-queue x --max-body-mb); retry after 1 s"
+        )
+
+
+class BodyBudget:
+    """The bytes of request bodies being received, across requests: each request holds what it
+    has received until it is admitted, and slow uploads in parallel must not pile up past
+    ``limit`` (what ``max_queue`` admitted requests may hold)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise BodiesOverBudget(self.held + size, self.limit)
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class ClientGone(Exception):
     """The client closed its connection before its answer (one log line, no response)."""
 
@@ -120,6 +148,7 @@ def create_app(
     for name in ("python_multipart", "multipart"):
         logging.getLogger(name).setLevel(logging.ERROR)
     max_body = int(max_body_mb * 1024 * 1024)
+    budget = BodyBudget(max_body * max_queue)
     max_pixels = int(max_megapixels * 1e6)
     log = log or (lambda message: print(f"resnet50 serve: {message}", file=sys.stderr, flush=True))
     counts = {"accepted": 0, "answered": 0, "gone": 0}
@@ -160,15 +189,17 @@ def create_app(
         got = [0]
         started = time.perf_counter()
         try:
-            return await asyncio.wait_for(_collect(request, max_body, got), body_timeout)
+            return await asyncio.wait_for(_collect(request, max_body, got, budget), body_timeout)
         except asyncio.TimeoutError:
             raise BodyTimeout(body_timeout, got[0], request.headers.get("content-length")) from None
         except ClientDisconnect:
             raise ClientGone(f"while sending its body ({got[0]} bytes received)") from None
-        except BodyTooLarge:  # read what the client still sends (bounded), so it can read our 413
+        except (BodyTooLarge, BodiesOverBudget):  # read what the client still sends (bounded, dropped)
             left = body_timeout - (time.perf_counter() - started)
             await _discard(request, 64 * 1024 * 1024, max(0.0, min(5.0, left)))
             raise
+        finally:
+            budget.give(got[0])
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
         check_pixels(data, source, max_pixels)
@@ -287,6 +318,10 @@ def create_app(
     async def too_large(request: Request, exc: BodyTooLarge):
         return error(413, str(exc), {"Connection": "close"})
 
+    @app.exception_handler(BodiesOverBudget)
+    async def over_budget(request: Request, exc: BodiesOverBudget):
+        return error(503, str(exc), {"Retry-After": "1", "Connection": "close"})
+
     @app.exception_handler(BodyTimeout)
     async def too_slow(request: Request, exc: BodyTimeout):
         return error(408, str(exc), {"Connection": "close"})
@@ -386,16 +421,18 @@ async def _images(request: Request, body: bytes) -> list[tuple[bytes, str]]:
     return images
 
 
-async def _collect(request: Request, limit: int, got: list[int]) -> bytes:
-    """The body, or :class:`BodyTooLarge` once it passes ``limit``; ``got[0]`` counts the bytes."""
+async def _collect(request: Request, limit: int, got: list[int], budget: BodyBudget) -> bytes:
+    """The body, or :class:`BodyTooLarge` once it passes ``limit``; ``got[0]`` counts the bytes
+    taken from ``budget``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdecimal() and int(declared) > limit:
         raise BodyTooLarge(limit, int(declared))
     chunks = []
     async for chunk in request.stream():
-        got[0] += len(chunk)
-        if got[0] > limit:
+        if got[0] + len(chunk) > limit:
             raise BodyTooLarge(limit)
+        budget.take(len(chunk))
+        got[0] += len(chunk)
         chunks.append(chunk)
     return b"".join(chunks)
 
