@@ -15,6 +15,11 @@ _TUNING = [  # (flag, type, default, metavar, help) of the batching, limit and s
     ("--max-megapixels", float, 100.0, "MP", "largest image a request may declare; more get 413 (default 100)"),
     ("--workers", int, None, "N", "decode/preprocess threads (default: cores, at most 4)"),
     ("--graceful-timeout", float, 30.0, "S", "on SIGTERM, wait at most this long for in-flight requests (default 30)"),
+    ("--header-timeout", float, 10.0, "S", "request headers must arrive within this; else 408, closed (default 10)"),
+    ("--body-timeout", float, 60.0, "S", "a request body must arrive whole within this; else 408, closed (default 60)"),
+    ("--keep-alive-timeout", float, 5.0, "S", "an idle keep-alive connection closes after this (default 5)"),
+    ("--max-header-kb", float, 16.0, "KB", "largest request headers; more get 431, closed (default 16)"),
+    ("--max-connections", int, 512, "N", "open connections; a request past it gets 503 with Retry-After (default 512)"),
 ]
 
 
@@ -44,6 +49,11 @@ def _check(args: argparse.Namespace) -> None:
         (args.streams is None or args.streams >= 1, f"--streams must be at least 1, got {args.streams}"),
         (0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}"),
         (args.graceful_timeout > 0, f"--graceful-timeout must be positive, got {args.graceful_timeout}"),
+        (args.header_timeout > 0, f"--header-timeout must be positive, got {args.header_timeout}"),
+        (args.body_timeout > 0, f"--body-timeout must be positive, got {args.body_timeout}"),
+        (args.keep_alive_timeout > 0, f"--keep-alive-timeout must be positive, got {args.keep_alive_timeout}"),
+        (args.max_header_kb >= 1, f"--max-header-kb must be at least 1, got {args.max_header_kb}"),
+        (args.max_connections >= 1, f"--max-connections must be at least 1, got {args.max_connections}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -52,9 +62,11 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resnet50.apps.pipeline import default_workers
+    from resnet50.apps.serve.native_stderr import filter_native_stderr
     from resnet50.apps.serve.run import ServeSettings, bind, serve, serving_defaults
 
     _check(args)
+    filter_native_stderr(show_noise=args.log_level == "debug")  # before the model load: its runtime logs too
     try:
         import uvicorn  # noqa: F401  (fail before the slow model load)
     except ImportError as exc:
@@ -72,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers or default_workers(),
         graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_header_kb=args.max_header_kb,
+        max_connections=args.max_connections,
     )
     serve(model, sock, settings)
     return 0

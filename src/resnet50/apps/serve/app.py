@@ -1,14 +1,19 @@
 """The FastAPI application: ``/v1/classify``, KServe v2, ``/metrics`` and the web page.
 
-Bodies are read with a size cap (413), decoding and preprocessing run in a thread pool,
-inference goes through the shared :class:`~resnet50.apps.serve.batcher.Batcher`, and every
-error a client can cause is a 4xx JSON ``{"error": "..."}`` naming the problem.
+Bodies are read in full, with a size cap (413) and a deadline (408), before a request takes
+one of the batcher's slots, so clients that stall mid-upload hold a connection, not the
+queue. Decoding and preprocessing run in a thread pool, inference goes through the shared
+:class:`~resnet50.apps.serve.batcher.Batcher`, a client that goes away is one log line and
+its own metric, and every error a client can cause is a 4xx JSON ``{"error": "..."}``
+naming the problem.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,15 +26,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from resnet50.apps.serve import v2
 from resnet50.apps.serve.batcher import Batcher, Overloaded
+from resnet50.apps.serve.connections import REFUSED
 from resnet50.apps.serve.metrics import CONTENT_TYPE, Metrics
 from resnet50.core.errors import ImageDecodeError, InvalidInputError, ResNet50Error
 from resnet50.processing.preprocess import PreprocessContext
 
 MODEL_NAME = "resnet50"
-_ERROR_REASONS = {400: "bad_input", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
+_ERROR_REASONS = {
+    400: "bad_input",
+    404: "not_found",
+    405: "not_found",
+    408: "timeout",
+    413: "too_large",
+    503: "overloaded",
+}
+GONE = 499  # nginx's "client closed request": the status recorded for a request whose client left
 
 
 class ImageTooLarge(InvalidInputError):
@@ -64,6 +79,53 @@ class BodyTooLarge(Exception):
         super().__init__(f"request body too large: {got}, the limit is {limit} bytes (--max-body-mb)")
 
 
+class BodyTimeout(Exception):
+    """The whole body did not arrive within ``--body-timeout`` seconds (answered with 408)."""
+
+    def __init__(self, seconds: float, got: int, declared: str | None):
+        of = f" of {declared}" if declared else ""
+        super().__init__(
+            f"request body not received within {seconds:g} s (--body-timeout): got {got}{of} bytes; "
+            "send the whole body at once"
+        )
+
+
+class BodiesOverBudget(Exception):
+    """Too many bytes of request bodies are being received at once (answered with 503)."""
+
+    def __init__(self, held: int, limit: int):
+        mb = 1024 * 1024
+        super().__init__(
+            f"server busy: {held / mb:.1f} MB of request bodies being received, the limit is {limit / mb:g} MB "
+            "(--max-queue x --max-body-mb); retry after 1 s"
+        )
+
+
+class BodyBudget:
+    """The bytes of request bodies being received, across requests: each request holds what it
+    has received until it is admitted, and slow uploads in parallel must not pile up past
+    ``limit`` (what ``max_queue`` admitted requests may hold)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise BodiesOverBudget(self.held + size, self.limit)
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer (one log line, no response)."""
+
+    def __init__(self, when: str):
+        super().__init__(when)
+        self.when = when
+
+
 def create_app(
     model,
     *,
@@ -73,16 +135,23 @@ def create_app(
     max_body_mb: float = 32.0,
     max_megapixels: float = 100.0,
     workers: int = 2,
+    body_timeout: float = 60.0,
     log=None,
 ) -> AccountingApp:
     """An ASGI app serving ``model`` (the FastAPI app is its ``.app``); the batcher and decode
-    threads live as long as the app runs (its lifespan)."""
+    threads live as long as the app runs (its lifespan). A request body must arrive whole
+    within ``body_timeout`` seconds; ``log`` takes one-line messages (default: stderr)."""
     metrics = Metrics({"weights": model.weights, "precision": model.precision, "backend": model.backend.name})
     batcher = Batcher(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
+    # python-multipart logs a warning for each flaw of a client's body (and with no handler set up,
+    # Python prints it raw on stderr); the client gets our 400 naming the problem instead.
+    for name in ("python_multipart", "multipart"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     max_body = int(max_body_mb * 1024 * 1024)
+    budget = BodyBudget(max_body * max_queue)
     max_pixels = int(max_megapixels * 1e6)
     log = log or (lambda message: print(f"resnet50 serve: {message}", file=sys.stderr, flush=True))
-    counts = {"accepted": 0, "answered": 0}
+    counts = {"accepted": 0, "answered": 0, "gone": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -95,7 +164,8 @@ def create_app(
             app.state.ready = False
             await batcher.stop()
             app.state.pool.shutdown(wait=True)
-            log(f"stopped; answered {counts['answered']} of {counts['accepted']} requests accepted")
+            gone = f"; {counts['gone']} clients went away before their answer" if counts["gone"] else ""
+            log(f"stopped; answered {counts['answered']} of {counts['accepted']} requests accepted{gone}")
 
     app = FastAPI(title="resnet50", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.ready = False
@@ -115,23 +185,28 @@ def create_app(
         return await asyncio.get_running_loop().run_in_executor(app.state.pool, func, *args)
 
     async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            await _discard(request, 64 * 1024 * 1024)
-            raise BodyTooLarge(max_body, int(declared))
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                await _discard(request, 64 * 1024 * 1024)
-                raise BodyTooLarge(max_body)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        """The whole body, within ``max_body`` bytes (413) and ``body_timeout`` seconds (408)."""
+        got = [0]
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(_collect(request, max_body, got, budget), body_timeout)
+        except asyncio.TimeoutError:
+            raise BodyTimeout(body_timeout, got[0], request.headers.get("content-length")) from None
+        except ClientDisconnect:
+            raise ClientGone(f"while sending its body ({got[0]} bytes received)") from None
+        except (BodyTooLarge, BodiesOverBudget):  # read what the client still sends (bounded, dropped)
+            left = body_timeout - (time.perf_counter() - started)
+            await _discard(request, 64 * 1024 * 1024, max(0.0, min(5.0, left)))
+            raise
+        finally:
+            budget.give(got[0])
 
     def prepare(data: bytes, source: str) -> tuple[np.ndarray, tuple[int, int]]:
         check_pixels(data, source, max_pixels)
         crop, size = model.crop(data, source)
-        return model.input_from_crops(crop[None]), size
+        return crop[None], size  # uint8: a float model's input is made per batch (a quarter of the memory)
+
+    to_input = None if model.input_dtype == np.uint8 else model.input_from_crops
 
     # --- /v1/classify ---
     @app.post("/v1/classify")
@@ -139,19 +214,26 @@ def create_app(
         """An image as the raw body or multipart ``file`` field(s); ``?top_k=`` (default 5)."""
         started = time.perf_counter()
         top_k = _top_k(request.query_params.get("top_k", "5"))
-        ticket = batcher.admit()
         timing = {}
-        try:
-            body = await read_body(request)
-            images = await _images(request, body)
-            timing["read"] = time.perf_counter() - started
+        body = await read_body(request)
+        images = await _images(request, body)
+        del body
+        timing["read"] = time.perf_counter() - started
+        ticket = batcher.admit()  # only now: a request still arriving holds no slot
+
+        async def run():
             prepared = await asyncio.gather(*(in_pool(prepare, data, source) for data, source in images))
             tensor = prepared[0][0] if len(prepared) == 1 else np.concatenate([p[0] for p in prepared])
             timing["prepare"] = time.perf_counter() - started - timing["read"]
-            outputs = await batcher.infer(tensor, top_k, ticket, timing)
+            sizes = [p[1] for p in prepared]
+            del prepared
+            return await batcher.infer(tensor, top_k, ticket, timing, convert=to_input), sizes
+
+        try:
+            outputs, sizes = await _unless_gone(request, run())
         finally:
             batcher.release(ticket)
-        ctx = PreprocessContext([s for _, s in images], [p[1] for p in prepared], batched=True)
+        ctx = PreprocessContext([s for _, s in images], sizes, batched=True)
         results = model.postprocess(outputs, ctx, top_k)
         fields = model_fields(started)
         rows = [
@@ -195,11 +277,15 @@ def create_app(
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str = "1"):
         _check_model(name, version)
-        ticket = batcher.admit()
-        try:
-            body = await read_body(request)
+        body = await read_body(request)
+        ticket = batcher.admit()  # only now: a request still arriving holds no slot
+
+        async def run():
             parsed = await in_pool(v2.parse_request, body, request.headers.get(v2.HEADER_LENGTH), model)
-            outputs = await batcher.infer(parsed.tensor, parsed.top_k, ticket)
+            return parsed, await batcher.infer(parsed.tensor, parsed.top_k, ticket)
+
+        try:
+            parsed, outputs = await _unless_gone(request, run())
         finally:
             batcher.release(ticket)
         content, headers, media_type = await in_pool(v2.encode_response, outputs, parsed, MODEL_NAME)
@@ -232,6 +318,23 @@ def create_app(
     async def too_large(request: Request, exc: BodyTooLarge):
         return error(413, str(exc), {"Connection": "close"})
 
+    @app.exception_handler(BodiesOverBudget)
+    async def over_budget(request: Request, exc: BodiesOverBudget):
+        return error(503, str(exc), {"Retry-After": "1", "Connection": "close"})
+
+    @app.exception_handler(BodyTimeout)
+    async def too_slow(request: Request, exc: BodyTimeout):
+        return error(408, str(exc), {"Connection": "close"})
+
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone):
+        if request.scope.get(REFUSED):  # the server answered it itself (503 on shutdown)
+            return Response(status_code=503)
+        client = request.client
+        who = f"client {client.host}:{client.port}" if client else "a client"
+        log(f"{who} went away {exc.when}: {request.method} {request.url.path}")
+        return Response(status_code=GONE)  # nobody reads it; it tells AccountingApp what happened
+
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
         return error(503, str(exc), {"Retry-After": str(exc.retry_after)})
@@ -246,6 +349,10 @@ def create_app(
         if exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
         return error(exc.status_code, str(message), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # a server fault: still JSON (and logged)
+        return error(500, f"internal server error ({type(exc).__name__}); see the server log")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -314,16 +421,61 @@ async def _images(request: Request, body: bytes) -> list[tuple[bytes, str]]:
     return images
 
 
-async def _discard(request: Request, limit: int) -> None:
-    """Read and drop what the client still sends (up to ``limit``), so it can read our 413."""
-    seen = 0
-    try:
+async def _collect(request: Request, limit: int, got: list[int], budget: BodyBudget) -> bytes:
+    """The body, or :class:`BodyTooLarge` once it passes ``limit``; ``got[0]`` counts the bytes
+    taken from ``budget``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdecimal() and int(declared) > limit:
+        raise BodyTooLarge(limit, int(declared))
+    chunks = []
+    async for chunk in request.stream():
+        if got[0] + len(chunk) > limit:
+            raise BodyTooLarge(limit)
+        budget.take(len(chunk))
+        got[0] += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _discard(request: Request, limit: int, seconds: float) -> None:
+    """Read and drop what the client still sends (up to ``limit`` bytes and ``seconds``)."""
+
+    async def drain():
+        seen = 0
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > limit:
                 return
-    except Exception:  # the client went away; nothing to answer
-        return
+
+    with contextlib.suppress(Exception):  # timed out, or the client went away: nothing to answer
+        await asyncio.wait_for(drain(), seconds)
+
+
+async def _unless_gone(request: Request, work):
+    """Await ``work`` unless the client disconnects first: then cancel it (the batcher drops its
+    rows not yet run) and raise :class:`ClientGone`."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task.done() or watch.cancelled() or watch.exception() is not None or not watch.result():
+        return await task  # answered, or this server cannot tell
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientGone("before its answer")
+
+
+async def _disconnected(receive) -> bool:
+    """True once the client disconnects; False if the server answers ``receive`` without waiting
+    (after the body, ASGI servers block until the disconnect or the response)."""
+    message = await receive()
+    return message["type"] == "http.disconnect"
 
 
 class AccountingApp:
@@ -359,6 +511,10 @@ class AccountingApp:
         await self.app(scope, receive, recording_send)
 
     def _done(self, endpoint: str, code: int, started: float) -> None:
+        if code == GONE:
+            self.counts["gone"] += 1
+            self.metrics.disconnects.inc(endpoint)
+            return
         self.counts["answered"] += 1
         self.metrics.requests.inc(endpoint, str(code))
         self.metrics.latency.observe(time.perf_counter() - started, endpoint)

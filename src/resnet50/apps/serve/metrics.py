@@ -112,6 +112,15 @@ class Metrics:
         self.errors = Counter(
             "resnet50_request_errors_total", "Requests answered with an error", ("endpoint", "reason")
         )
+        self.disconnects = Counter(
+            "resnet50_client_disconnects_total", "Requests whose client went away before its answer", ("endpoint",)
+        )
+        self.refused = Counter(
+            "resnet50_connections_refused_total",
+            "Connections answered and closed by a connection limit (header timeout, header size, max connections)",
+            ("reason",),
+        )
+        self.connections = Gauge("resnet50_open_connections", "HTTP connections open")
         self.images = Counter("resnet50_images_total", "Images classified")
         self.latency = Histogram(
             "resnet50_request_latency_seconds", "Time from request start to response end", ("endpoint",)
@@ -138,6 +147,9 @@ class Metrics:
         for metric in (
             self.requests,
             self.errors,
+            self.disconnects,
+            self.refused,
+            self.connections,
             self.images,
             self.latency,
             self.batch_size,

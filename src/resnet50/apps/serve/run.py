@@ -7,9 +7,10 @@ import gc
 import ipaddress
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resnet50.api.model import ResNet50
+from resnet50.apps.serve.connections import ConnectionLimits
 from resnet50.core.cpu import physical_cores
 from resnet50.core.errors import BackendUnavailableError, InvalidInputError
 
@@ -26,6 +27,21 @@ class ServeSettings:
     workers: int = 4
     graceful_timeout: float = 30.0
     log_level: str = "warning"
+    header_timeout: float = ConnectionLimits.header_timeout
+    body_timeout: float = ConnectionLimits.body_timeout
+    keep_alive_timeout: float = ConnectionLimits.keep_alive_timeout
+    max_header_kb: float = ConnectionLimits.max_header_bytes / 1024
+    max_connections: int = ConnectionLimits.max_connections
+
+    def limits(self) -> ConnectionLimits:
+        """The connection limits of these settings."""
+        return ConnectionLimits(
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            keep_alive_timeout=self.keep_alive_timeout,
+            max_header_bytes=int(self.max_header_kb * 1024),
+            max_connections=self.max_connections,
+        )
 
 
 def serving_defaults(
@@ -64,10 +80,13 @@ def serve(model: ResNet50, sock: socket.socket, settings: ServeSettings) -> None
     """Serve ``model`` on the bound ``sock`` until a signal drains the server."""
     try:
         import uvicorn
+        import uvicorn.protocols.http.httptools_impl  # needs httptools
 
         from resnet50.apps.serve.app import create_app
+        from resnet50.apps.serve.connections import guarded_protocol
     except ImportError as exc:
         raise BackendUnavailableError(f"resnet50 serve needs {exc.name}: pip install 'resnet50[serve]'") from None
+    limits = _fit_open_files(settings.limits())
     app = create_app(
         model,
         max_batch=settings.max_batch,
@@ -76,12 +95,17 @@ def serve(model: ResNet50, sock: socket.socket, settings: ServeSettings) -> None
         max_body_mb=settings.max_body_mb,
         max_megapixels=settings.max_megapixels,
         workers=settings.workers,
+        body_timeout=limits.body_timeout,
+        log=_log,
     )
     sock.listen(2048)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits, app.metrics, _log),
+        ws="none",  # no WebSocket endpoints: an upgrade request is answered as plain HTTP
+        timeout_keep_alive=limits.keep_alive_timeout,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout,
         access_log=settings.log_level in ("info", "debug"),
@@ -90,7 +114,8 @@ def serve(model: ResNet50, sock: socket.socket, settings: ServeSettings) -> None
     print(
         f"resnet50 serve: listening on http://{shown}:{port} ({model.precision}, weights {model.weights}, "
         f"{model.backend.streams} model streams, max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms, "
-        f"max queue {settings.max_queue}, {settings.workers} decode threads)",
+        f"max queue {settings.max_queue}, {settings.workers} decode threads, "
+        f"at most {limits.max_connections} connections)",
         file=sys.stderr,
         flush=True,
     )
@@ -104,6 +129,31 @@ def serve(model: ResNet50, sock: socket.socket, settings: ServeSettings) -> None
     gc.collect()
     gc.freeze()
     _draining_server(config).run(sockets=[sock])
+
+
+def _log(message: str) -> None:
+    print(f"resnet50 serve: {message}", file=sys.stderr, flush=True)
+
+
+def _fit_open_files(limits: ConnectionLimits) -> ConnectionLimits:
+    """Raise the open-file limit to fit ``max_connections`` (plus the model's and the runtime's
+    files), or lower the cap to what fits, saying so: past it, accepting fails in a loop."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to fit
+        return limits
+    need = limits.max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < need:
+        fitted = max(1, soft - 256)
+        _log(f"--max-connections {limits.max_connections} lowered to {fitted}: the open-file limit is {soft}")
+        return replace(limits, max_connections=fitted)
+    return limits
 
 
 def _draining_server(config):

@@ -29,6 +29,7 @@ class InferRequest:
     binary: dict[str, bool]  # output name -> send as binary
     id: str | None = None
     top_k: int = 5
+    input_name: str = "input"
 
 
 def _dims(shape) -> list[int]:
@@ -70,6 +71,8 @@ def parse_request(body: bytes, header_length: str | None, model) -> InferRequest
         request = json.loads(json_part)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInputError("request body nests JSON arrays or objects too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InvalidInputError("v2 inference request must be a JSON object with an 'inputs' list")
     expected_name = model.input_name
@@ -102,7 +105,7 @@ def parse_request(body: bytes, header_length: str | None, model) -> InferRequest
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 1000:
         raise InvalidInputError(f"parameter top_k must be an integer in 1..1000, got {top_k!r}")
     request_id = request.get("id")
-    return InferRequest(tensor, outputs, binary, None if request_id is None else str(request_id), top_k)
+    return InferRequest(tensor, outputs, binary, None if request_id is None else str(request_id), top_k, name)
 
 
 def _tensor(spec: dict, shape: list[int], binary: bytes, dtype: np.dtype) -> tuple[np.ndarray, bytes]:
@@ -122,8 +125,10 @@ def _tensor(spec: dict, shape: list[int], binary: bytes, dtype: np.dtype) -> tup
         data = spec["data"]
         try:
             values = np.asarray(data, dtype=np.float64)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise InvalidInputError(f"input {name!r}: 'data' is not a flat or nested list of numbers") from None
+        except OverflowError:
+            raise InvalidInputError(f"input {name!r}: 'data' holds an integer too large for any tensor type") from None
         if values.ndim > 1 and list(values.shape) != shape:
             raise InvalidInputError(
                 f"input {name!r}: nested 'data' has shape {list(values.shape)}, but shape says {shape}"
@@ -137,9 +142,12 @@ def _tensor(spec: dict, shape: list[int], binary: bytes, dtype: np.dtype) -> tup
             or values.max() > 255
         ):
             raise InvalidInputError(f"input {name!r}: UINT8 data must be whole numbers in 0..255")
-        tensor = values.astype(dtype).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # out of range: caught just below
+            tensor = values.astype(dtype).reshape(shape)
     if tensor.dtype.kind == "f" and not np.all(np.isfinite(tensor)):
-        raise InvalidInputError(f"input {name!r} contains NaN or infinity")
+        raise InvalidInputError(
+            f"input {name!r} contains NaN or infinity (or values beyond {DATATYPES[dtype.name]}'s range)"
+        )
     return np.ascontiguousarray(tensor), binary
 
 
@@ -148,7 +156,7 @@ def _requested_outputs(request: dict, model) -> tuple[list[str], dict[str, bool]
     params = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
     default_binary = bool(params.get("binary_data_output", False))
     wanted = request.get("outputs")
-    if wanted is None:
+    if wanted is None or wanted == []:  # none named: all of them (as Triton does for an empty list)
         return available, {n: default_binary for n in available}
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise InvalidInputError("'outputs' must be a list of objects with a 'name'")
@@ -167,7 +175,19 @@ def _requested_outputs(request: dict, model) -> tuple[list[str], dict[str, bool]
 def encode_response(
     outputs: dict[str, np.ndarray], request: InferRequest, model_name: str
 ) -> tuple[bytes, dict[str, str], str]:
-    """Model outputs → (body, extra headers, content type) of the v2 inference response."""
+    """Model outputs → (body, extra headers, content type) of the v2 inference response.
+
+    Outputs that are not finite (an input far outside the range of images, e.g. 1e38, overflows
+    the network) are refused with :class:`InvalidInputError`: JSON has no NaN, and the
+    answer would mean nothing in binary either."""
+    for name in request.outputs:
+        value = outputs[name]
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            largest = float(np.max(np.abs(request.tensor))) if request.tensor.size else 0.0
+            raise InvalidInputError(
+                f"input {request.input_name!r}: the model's output {name!r} is not finite (NaN or infinity) "
+                f"for these values (largest magnitude {largest:g}); send a preprocessed image tensor"
+            )
     entries, blobs = [], []
     for name in request.outputs:
         value = np.ascontiguousarray(outputs[name])
@@ -186,7 +206,7 @@ def encode_response(
     payload = {"model_name": model_name, "model_version": "1", "outputs": entries}
     if request.id is not None:
         payload["id"] = request.id
-    header = json.dumps(payload, separators=(",", ":")).encode()
+    header = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {}, "application/json"
     return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}, "application/octet-stream"
