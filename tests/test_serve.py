@@ -217,7 +217,9 @@ def test_v2_health_and_metadata(server):
         {"name": "ArgMax:0", "datatype": "INT64", "shape": [-1]},
         {"name": "softmax_tensor:0", "datatype": "FP32", "shape": [-1, 1001]},
     ]
-    assert meta["parameters"] == {"weights": "synthetic", "precision": "fp32"}
+    assert meta["parameters"] == {
+        "weights": "synthetic", "synthetic_weights": True, "preprocessing": "mlperf", "precision": "fp32"
+    }  # fmt: skip
 
 
 def test_page_is_served_without_external_assets(server):

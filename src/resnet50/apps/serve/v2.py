@@ -50,7 +50,12 @@ def model_metadata(model, name: str) -> dict:
             {"name": t.name, "datatype": DATATYPES.get(t.dtype, t.dtype), "shape": _dims(t.shape)}
             for t in model.backend.outputs
         ],
-        "parameters": {"weights": model.weights, "precision": model.precision},
+        "parameters": {
+            "weights": model.weights,
+            "synthetic_weights": model.source.weights.synthetic,
+            "preprocessing": model.preprocessing.name,
+            "precision": model.precision,
+        },
     }
 
 
