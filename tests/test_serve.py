@@ -366,10 +366,14 @@ def test_metrics_count_requests_errors_batches(server):
     text = httpx.get(f"{server.url}/metrics").text
     assert "# TYPE resnet50_requests_total counter" in text
     assert 'resnet50_model_info{backend="onnxruntime",precision="fp32",weights="synthetic"} 1' in text
-    assert re.search(r'resnet50_request_errors_total\{endpoint="/v1/classify",reason="bad_input"\} [1-9]', text)
-    assert re.search(r'resnet50_requests_total\{endpoint="/v1/classify",code="200"\} [1-9]', text)
+    assert re.search(
+        r'resnet50_request_errors_total\{protocol="http",endpoint="/v1/classify",reason="bad_input"\} [1-9]', text
+    )
+    assert re.search(r'resnet50_requests_total\{protocol="http",endpoint="/v1/classify",code="200"\} [1-9]', text)
     assert re.search(r"resnet50_batch_size_count [1-9]", text)
-    assert re.search(r'resnet50_request_latency_seconds_bucket\{endpoint="/v1/classify",le="\+Inf"\} [1-9]', text)
+    assert re.search(
+        r'resnet50_request_latency_seconds_bucket\{protocol="http",endpoint="/v1/classify",le="\+Inf"\} [1-9]', text
+    )
     assert "resnet50_queue_depth 0" in text and "resnet50_inflight_requests 0" in text
     assert 'code="500"' not in text  # no bad input above became a server error
     images = int(re.search(r"^resnet50_images_total (\d+)", text, re.M).group(1))
@@ -402,9 +406,8 @@ def test_burst_past_queue_limit_gets_503_with_retry_after(model_fp32, sample_pho
             else:
                 assert r.json()["predictions"] == expected
         text = httpx.get(f"{srv.url}/metrics").text
-        assert (
-            f'resnet50_request_errors_total{{endpoint="/v1/classify",reason="overloaded"}} {codes.count(503)}' in text
-        )
+        series = 'resnet50_request_errors_total{protocol="http",endpoint="/v1/classify",reason="overloaded"}'
+        assert f"{series} {codes.count(503)}" in text
         # once the burst is over the server takes requests again
         assert httpx.post(f"{srv.url}/v1/classify", content=photo, timeout=120).status_code == 200
     finally:

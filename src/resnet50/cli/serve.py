@@ -20,6 +20,8 @@ _TUNING = [  # (flag, type, default, metavar, help) of the batching, limit and s
     ("--keep-alive-timeout", float, 5.0, "S", "an idle keep-alive connection closes after this (default 5)"),
     ("--max-header-kb", float, 16.0, "KB", "largest request headers; more get 431, closed (default 16)"),
     ("--max-connections", int, 512, "N", "open connections; a request past it gets 503 with Retry-After (default 512)"),
+    ("--grpc-port", int, None, "PORT", "also serve the Open Inference Protocol over gRPC here (0: a free port)"),
+    ("--grpc-max-message-mb", float, 32.0, "MB", "largest gRPC message (default 32: a batch of 32 FP32 images)"),
 ]
 
 
@@ -54,6 +56,15 @@ def _check(args: argparse.Namespace) -> None:
         (args.keep_alive_timeout > 0, f"--keep-alive-timeout must be positive, got {args.keep_alive_timeout}"),
         (args.max_header_kb >= 1, f"--max-header-kb must be at least 1, got {args.max_header_kb}"),
         (args.max_connections >= 1, f"--max-connections must be at least 1, got {args.max_connections}"),
+        (
+            args.grpc_port is None or 0 <= args.grpc_port <= 65535,
+            f"--grpc-port must be in 0..65535, got {args.grpc_port}",
+        ),
+        (
+            args.grpc_port in (None, 0) or args.grpc_port != args.port,
+            f"--grpc-port must differ from --port ({args.port})",
+        ),
+        (args.grpc_max_message_mb > 0, f"--grpc-max-message-mb must be positive, got {args.grpc_max_message_mb}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -71,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401  (fail before the slow model load)
     except ImportError as exc:
         raise BackendUnavailableError(f"resnet50 serve needs {exc.name}: pip install 'resnet50[serve]'") from None
+    if args.grpc_port is not None:
+        from resnet50.apps.serve.grpc import load_grpc
+
+        load_grpc()  # the grpc extra is there: fail before the slow model load, like a taken port
+        if args.grpc_port:
+            try:
+                bind(args.host, args.grpc_port).close()
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"--grpc-port: {exc}") from None
     sock = bind(args.host, args.port)
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads, args.device)
     # With batches of one, OpenVINO compiles for exactly that shape (faster); other backends ignore it.
@@ -89,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         keep_alive_timeout=args.keep_alive_timeout,
         max_header_kb=args.max_header_kb,
         max_connections=args.max_connections,
+        grpc_port=args.grpc_port,
+        grpc_max_message_mb=args.grpc_max_message_mb,
     )
     serve(model, sock, settings)
     return 0

@@ -162,6 +162,8 @@ def create_app(
             yield
         finally:
             app.state.ready = False
+            for stop in app.state.before_stop:  # other front ends on this batcher (gRPC) drain first
+                await stop()
             await batcher.stop()
             app.state.pool.shutdown(wait=True)
             gone = f"; {counts['gone']} clients went away before their answer" if counts["gone"] else ""
@@ -172,6 +174,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.counts = counts
+    app.state.before_stop = []  # coroutine functions awaited at shutdown before the batcher stops
 
     def model_fields(started: float) -> dict:
         return {
@@ -516,7 +519,9 @@ class AccountingApp:
             self.metrics.disconnects.inc(endpoint)
             return
         self.counts["answered"] += 1
-        self.metrics.requests.inc(endpoint, str(code))
-        self.metrics.latency.observe(time.perf_counter() - started, endpoint)
+        self.metrics.requests.inc("http", endpoint, str(code))
+        self.metrics.latency.observe(time.perf_counter() - started, "http", endpoint)
         if code >= 400:
-            self.metrics.errors.inc(endpoint, _ERROR_REASONS.get(code, "internal" if code >= 500 else "bad_input"))
+            self.metrics.errors.inc(
+                "http", endpoint, _ERROR_REASONS.get(code, "internal" if code >= 500 else "bad_input")
+            )

@@ -108,9 +108,10 @@ class Metrics:
 
     def __init__(self, info: dict[str, str] | None = None):
         self.info = info or {}
-        self.requests = Counter("resnet50_requests_total", "HTTP requests answered", ("endpoint", "code"))
+        # protocol: http or grpc; endpoint: the HTTP path or the gRPC method; code: HTTP or gRPC status
+        self.requests = Counter("resnet50_requests_total", "Requests answered", ("protocol", "endpoint", "code"))
         self.errors = Counter(
-            "resnet50_request_errors_total", "Requests answered with an error", ("endpoint", "reason")
+            "resnet50_request_errors_total", "Requests answered with an error", ("protocol", "endpoint", "reason")
         )
         self.disconnects = Counter(
             "resnet50_client_disconnects_total", "Requests whose client went away before its answer", ("endpoint",)
@@ -123,7 +124,7 @@ class Metrics:
         self.connections = Gauge("resnet50_open_connections", "HTTP connections open")
         self.images = Counter("resnet50_images_total", "Images classified")
         self.latency = Histogram(
-            "resnet50_request_latency_seconds", "Time from request start to response end", ("endpoint",)
+            "resnet50_request_latency_seconds", "Time from request start to response end", ("protocol", "endpoint")
         )
         self.batch_size = Histogram("resnet50_batch_size", "Images per model run", buckets=BATCH_BUCKETS)
         self.inference = Histogram("resnet50_inference_seconds", "Time of one model run (one batch)")

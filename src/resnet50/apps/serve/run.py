@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from resnet50.api.model import ResNet50
 from resnet50.apps.serve.connections import ConnectionLimits
 from resnet50.core.cpu import physical_cores
-from resnet50.core.errors import BackendUnavailableError, InvalidInputError
+from resnet50.core.errors import BackendUnavailableError, InvalidInputError, ResNet50Error
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class ServeSettings:
     workers: int = 4
     graceful_timeout: float = 30.0
     log_level: str = "warning"
+    grpc_port: int | None = None  # also serve the Open Inference Protocol over gRPC on this port (0: a free one)
+    grpc_max_message_mb: float = 32.0
     header_timeout: float = ConnectionLimits.header_timeout
     body_timeout: float = ConnectionLimits.body_timeout
     keep_alive_timeout: float = ConnectionLimits.keep_alive_timeout
@@ -124,11 +126,21 @@ def serve(model: ResNet50, sock: socket.socket, settings: ServeSettings) -> None
             f"resnet50 serve: warning: bound to {host}, not loopback: other machines can reach this server",
             file=sys.stderr,
         )
+    frontends = []
+    if settings.grpc_port is not None:
+        from resnet50.apps.serve.grpc import GrpcFrontend
+
+        grpc_options = {"max_message_mb": settings.grpc_max_message_mb, "grace": settings.graceful_timeout}
+        frontends.append(GrpcFrontend(app.state, host, settings.grpc_port, **grpc_options))
+    app.state.before_stop.extend(frontend.stop for frontend in frontends)
     # Everything loaded so far lives as long as the server: out of the collector's sight, a
     # full collection under load scans only what requests create, not the whole model.
     gc.collect()
     gc.freeze()
-    _draining_server(config).run(sockets=[sock])
+    server = _draining_server(config, frontends)
+    server.run(sockets=[sock])
+    if server.failure is not None:
+        raise server.failure
 
 
 def _log(message: str) -> None:
@@ -156,17 +168,35 @@ def _fit_open_files(limits: ConnectionLimits) -> ConnectionLimits:
     return limits
 
 
-def _draining_server(config):
+def _draining_server(config, frontends=()):
     """uvicorn's server, except that a SIGTERM/SIGINT it drained gracefully ends with exit code 0
-    instead of being re-raised afterwards (which would kill the process by that signal)."""
+    instead of being re-raised afterwards (which would kill the process by that signal), and
+    that ``frontends`` (the gRPC server) start in its event loop once the app has, and begin
+    to drain on the same signal."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
+        failure: Exception | None = None
+
         @contextlib.contextmanager
         def capture_signals(self):
             with super().capture_signals():
                 yield
                 if hasattr(self, "_captured_signals"):
                     self._captured_signals.clear()
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            for frontend in frontends if not self.should_exit else ():
+                try:
+                    await frontend.start()
+                except ResNet50Error as exc:  # e.g. the gRPC port was taken during the model load
+                    self.failure, self.should_exit = exc, True
+                    return
+
+        def handle_exit(self, sig, frame):
+            for frontend in frontends:
+                frontend.drain()
+            super().handle_exit(sig, frame)
 
     return DrainingServer(config)

@@ -9,17 +9,24 @@ header of ``Inference-Header-Content-Length`` bytes. Every problem is an
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from resnet50.core.constants import INPUT_SIZE, TOPK_INPUT
+from resnet50.apps.serve.tensors import (
+    DATATYPES,
+    byte_size,
+    check_finite_outputs,
+    check_input,
+    check_outputs,
+    check_top_k,
+    tensor_from_bytes,
+    tensor_from_values,
+)
+from resnet50.core.constants import TOPK_INPUT
 from resnet50.core.errors import InvalidInputError
 
 HEADER_LENGTH = "inference-header-content-length"
-DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int32": "INT32", "int64": "INT64"}
-NUMPY_TYPES = {v: np.dtype(k).newbyteorder("<") for k, v in DATATYPES.items()}
 
 
 @dataclass
@@ -80,98 +87,56 @@ def parse_request(body: bytes, header_length: str | None, model) -> InferRequest
         raise InvalidInputError("request body nests JSON arrays or objects too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InvalidInputError("v2 inference request must be a JSON object with an 'inputs' list")
-    expected_name = model.input_name
-    expected_type = DATATYPES[model.input_dtype.name]
-    if len(request["inputs"]) != 1:
-        raise InvalidInputError(f"expected exactly 1 input ({expected_name!r}), got {len(request['inputs'])}")
-    spec = request["inputs"][0]
+    spec = request["inputs"][0] if len(request["inputs"]) == 1 else {}
     if not isinstance(spec, dict):
         raise InvalidInputError("each entry of 'inputs' must be an object with name, shape, datatype and data")
     name = spec.get("name")
-    if name != expected_name:
-        raise InvalidInputError(f"unknown input {name!r}; this model takes {expected_name!r}")
-    if spec.get("datatype") != expected_type:
-        raise InvalidInputError(f"input {name!r} has datatype {spec.get('datatype')!r}, expected {expected_type!r}")
-    shape = spec.get("shape")
-    expected_shape = f"[N,3,{INPUT_SIZE},{INPUT_SIZE}]"
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        or len(shape) != 4
-        or shape[1:] != [3, INPUT_SIZE, INPUT_SIZE]
-        or shape[0] < 1
-    ):
-        raise InvalidInputError(f"input {name!r} has shape {shape}, expected {expected_shape} with N >= 1")
+    shape = check_input(model, len(request["inputs"]), name, spec.get("datatype"), spec.get("shape"))
     tensor, binary_part = _tensor(spec, shape, binary_part, model.input_dtype)
     if binary_part:
         raise InvalidInputError(f"{len(binary_part)} bytes of binary data left over after the input tensor")
     outputs, binary = _requested_outputs(request, model)
     top_k = (request.get("parameters") or {}).get("top_k", 5) if isinstance(request.get("parameters"), dict) else 5
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 1000:
-        raise InvalidInputError(f"parameter top_k must be an integer in 1..1000, got {top_k!r}")
     request_id = request.get("id")
-    return InferRequest(tensor, outputs, binary, None if request_id is None else str(request_id), top_k, name)
+    request_id = None if request_id is None else str(request_id)
+    return InferRequest(tensor, outputs, binary, request_id, check_top_k(top_k), name)
 
 
 def _tensor(spec: dict, shape: list[int], binary: bytes, dtype: np.dtype) -> tuple[np.ndarray, bytes]:
-    name, count = spec["name"], math.prod(shape)  # exact: np.prod wraps around on huge shapes
+    name = spec["name"]
     size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec.get("parameters"), dict) else None
     if size is not None:
-        need = count * dtype.itemsize
+        need = byte_size(shape, dtype)
         if size != need or len(binary) < need:
             raise InvalidInputError(
                 f"input {name!r}: binary_data_size {size} with {len(binary)} bytes sent, shape {shape} needs {need}"
             )
-        tensor = np.frombuffer(binary[:need], dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-        binary = binary[need:]
-    elif "data" not in spec:
+        return tensor_from_bytes(name, shape, binary[:need], dtype), binary[need:]
+    if "data" not in spec:
         raise InvalidInputError(f"input {name!r} has no 'data' (and no binary_data_size)")
-    else:
-        data = spec["data"]
-        try:
-            values = np.asarray(data, dtype=np.float64)
-        except (ValueError, TypeError, RecursionError):
-            raise InvalidInputError(f"input {name!r}: 'data' is not a flat or nested list of numbers") from None
-        except OverflowError:
-            raise InvalidInputError(f"input {name!r}: 'data' holds an integer too large for any tensor type") from None
-        if values.ndim > 1 and list(values.shape) != shape:
-            raise InvalidInputError(
-                f"input {name!r}: nested 'data' has shape {list(values.shape)}, but shape says {shape}"
-            )
-        if values.size != count:
-            raise InvalidInputError(f"input {name!r}: 'data' has {values.size} values, shape {shape} needs {count}")
-        if dtype == np.uint8 and (
-            not np.all(np.isfinite(values))
-            or np.any(values != np.round(values))
-            or values.min() < 0
-            or values.max() > 255
-        ):
-            raise InvalidInputError(f"input {name!r}: UINT8 data must be whole numbers in 0..255")
-        with np.errstate(over="ignore", invalid="ignore"):  # out of range: caught just below
-            tensor = values.astype(dtype).reshape(shape)
-    if tensor.dtype.kind == "f" and not np.all(np.isfinite(tensor)):
-        raise InvalidInputError(
-            f"input {name!r} contains NaN or infinity (or values beyond {DATATYPES[dtype.name]}'s range)"
-        )
-    return np.ascontiguousarray(tensor), binary
+    try:
+        values = np.asarray(spec["data"], dtype=np.float64)
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidInputError(f"input {name!r}: 'data' is not a flat or nested list of numbers") from None
+    except OverflowError:
+        raise InvalidInputError(f"input {name!r}: 'data' holds an integer too large for any tensor type") from None
+    if values.ndim > 1 and list(values.shape) != shape:
+        raise InvalidInputError(f"input {name!r}: nested 'data' has shape {list(values.shape)}, but shape says {shape}")
+    return tensor_from_values(name, shape, values.ravel(), dtype, "'data'"), binary
 
 
 def _requested_outputs(request: dict, model) -> tuple[list[str], dict[str, bool]]:
-    available = [t.name for t in model.backend.outputs]
     params = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
     default_binary = bool(params.get("binary_data_output", False))
     wanted = request.get("outputs")
     if wanted is None or wanted == []:  # none named: all of them (as Triton does for an empty list)
+        available = check_outputs(model, [])
         return available, {n: default_binary for n in available}
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise InvalidInputError("'outputs' must be a list of objects with a 'name'")
-    names, binary = [], {}
+    names = check_outputs(model, [out.get("name") for out in wanted])
+    binary = {}
     for out in wanted:
-        if out.get("name") not in available:
-            raise InvalidInputError(
-                f"unknown output {out.get('name')!r}; this model has {', '.join(map(repr, available))}"
-            )
-        names.append(out["name"])
         out_params = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
         binary[out["name"]] = bool(out_params.get("binary_data", default_binary))
     return names, binary
@@ -180,19 +145,9 @@ def _requested_outputs(request: dict, model) -> tuple[list[str], dict[str, bool]
 def encode_response(
     outputs: dict[str, np.ndarray], request: InferRequest, model_name: str
 ) -> tuple[bytes, dict[str, str], str]:
-    """Model outputs → (body, extra headers, content type) of the v2 inference response.
-
-    Outputs that are not finite (an input far outside the range of images, e.g. 1e38, overflows
-    the network) are refused with :class:`InvalidInputError`: JSON has no NaN, and the
-    answer would mean nothing in binary either."""
-    for name in request.outputs:
-        value = outputs[name]
-        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-            largest = float(np.max(np.abs(request.tensor))) if request.tensor.size else 0.0
-            raise InvalidInputError(
-                f"input {request.input_name!r}: the model's output {name!r} is not finite (NaN or infinity) "
-                f"for these values (largest magnitude {largest:g}); send a preprocessed image tensor"
-            )
+    """Model outputs → (body, extra headers, content type) of the v2 inference response; outputs
+    that are not finite are refused (:func:`~resnet50.apps.serve.tensors.check_finite_outputs`)."""
+    check_finite_outputs(outputs, request.outputs, request.input_name, request.tensor)
     entries, blobs = [], []
     for name in request.outputs:
         value = np.ascontiguousarray(outputs[name])
