@@ -49,14 +49,16 @@ class LoopbackClient:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> Response:
-        """One request on an idle connection (or a new one); a broken one raises ConnectionError."""
+    async def request(self, method: str, path: str, body: bytes = b"", extra_headers: str = "") -> Response:
+        """One request on an idle connection (or a new one); a broken one raises ConnectionError.
+        ``extra_headers``: header lines, each ending in CRLF."""
         try:
             reader, writer = self._reusable() or await self._connect()
         except OSError as exc:  # refused, or out of file descriptors
             raise ConnectionError(f"{method} {path}: cannot connect: {exc!r}") from None
         try:
-            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
+            head += f"{extra_headers}\r\n"
             writer.write(head.encode("latin-1") + body)
             status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
             headers = {}
@@ -77,8 +79,8 @@ class LoopbackClient:
             self._idle.append((reader, writer, time.monotonic()))
         return Response(status, headers, content)
 
-    async def post(self, path: str, body: bytes) -> Response:
-        return await self.request("POST", path, body)
+    async def post(self, path: str, body: bytes, extra_headers: str = "") -> Response:
+        return await self.request("POST", path, body, extra_headers)
 
     async def get(self, path: str) -> Response:
         return await self.request("GET", path)

@@ -1,7 +1,7 @@
 """Load test of ``resnet50 serve`` on loopback, against the local end-to-end baseline of the same run.
 
-Three measurements, one after another, on the same generated JPEGs (weights: synthetic, the
-same compute as MLPerf's), so the ratios hold on any machine:
+Measurements one after another, on the same generated JPEGs (weights: synthetic, the same
+compute as MLPerf's), so the ratios hold on any machine:
 
 1. ``baseline``: :func:`resnet50.apps.pipeline.classify_stream` in this process (file read, decode
    overlapped with batched inference: what ``resnet50 bench --mode e2e`` measures), images/s;
@@ -12,7 +12,17 @@ same compute as MLPerf's), so the ratios hold on any machine:
    for ``--duration`` s, whatever the server does; latency from the scheduled send time (no
    coordinated omission), p50/p90/p99, errors, and lost requests (goal: p99 ≤ 60 ms, 0, 0);
 4. ``open_local`` (with ``--also-local-rate``): the same at ``--load`` x the local baseline,
-   the stricter reading of the goal.
+   the stricter reading of the goal;
+5. ``protocols``: the same closed loop with the first ``--tensor-images`` of those images sent
+   preprocessed, one per request, over KServe v2 HTTP with JSON ``data`` (``http-json``), over
+   v2 HTTP with binary tensor data (``http-binary``) and over gRPC with ``raw_input_contents``
+   (``grpc-raw``), every answer checked against ``ResNet50.run``; the modes alternate order over
+   ``--protocol-rounds`` rounds, and each mode's ratio to HTTP binary is the median of the
+   rounds' ratios, so drift on a shared machine does not favour one (the pooled ratio and each
+   round's are kept too). Goal: gRPC raw at least 0.95x the throughput of HTTP binary
+   (``protocol_clients.py`` holds these clients).
+
+``--modes`` picks the measurements (default: all); ``--duration 0`` skips the open loops.
 
 Each open-loop result also carries ``floor``: the p50/p90/p99 that an ideal server (zero
 overhead, FIFO, the batcher's rules, as many model streams) would reach on that very arrival
@@ -26,6 +36,7 @@ count, duration, per-request timeout. Writes ``benchmarks/results/load_test.json
 
     python benchmarks/load_test.py --count 400 --duration 60 --also-local-rate   # docs/performance.md figures
     python benchmarks/load_test.py --count 48 --duration 10             # a quick check
+    python benchmarks/load_test.py --modes http-json,http-binary,grpc-raw --duration 0   # protocols only
 """
 
 from __future__ import annotations
@@ -49,13 +60,16 @@ import numpy as np
 import common
 
 GOAL_RATIO, GOAL_P99_MS = 0.8, 60.0
+GOAL_GRPC_RATIO = 0.95  # gRPC raw against HTTP binary, images/s at the same concurrency
+TENSOR_MODES = ("http-json", "http-binary", "grpc-raw")
+MODES = ("classify", *TENSOR_MODES)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=400, help="images in the set; closed-loop requests (default 400)")
     p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default 16)")
-    p.add_argument("--duration", type=float, default=60.0, help="open-loop seconds (default 60)")
+    p.add_argument("--duration", type=float, default=60.0, help="open-loop seconds (default 60; 0: none)")
     p.add_argument("--load", type=float, default=0.5, help="open-loop rate as a fraction of capacity (0.5)")
     p.add_argument("--rate", type=float, help="open-loop requests/s, fixed (A/B runs); replaces --load x capacity")
     p.add_argument(
@@ -72,13 +86,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--workers", type=int, help="server decode threads (default: the server's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)} (default all)")
+    p.add_argument(
+        "--tensor-images", type=common.positive_int, default=32, help="images the tensor modes cycle through (32)"
+    )
+    p.add_argument(
+        "--protocol-rounds", type=common.positive_int, default=2, help="rounds of the tensor modes, order alternating"
+    )
     common.add_out(p, "load_test")
     args = p.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
+        p.error(f"--modes must name some of {', '.join(MODES)}, got {','.join(args.modes)!r}")
     from resnet50.apps.serve.run import serving_defaults
 
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads)
-    if args.count < 1 or args.concurrency < 1 or args.duration <= 0 or not 0 < args.load <= 2:
-        p.error("--count and --concurrency must be >= 1, --duration > 0, --load in (0, 2]")
+    if args.count < 1 or args.concurrency < 1 or args.duration < 0 or not 0 < args.load <= 2:
+        p.error("--count and --concurrency must be >= 1, --duration >= 0, --load in (0, 2]")
     if (args.rate is not None and args.rate <= 0) or args.streams < 1 or args.max_batch < 1:
         p.error("--rate must be > 0, --streams and --max-batch >= 1")
     return args
@@ -208,6 +232,8 @@ class Server:
         cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        if "grpc-raw" in args.modes:
+            cmd += ["--grpc-port", "0"]
         self.log = log_dir / "serve.log"
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen([*cmd, *server_options(args)], stdout=subprocess.DEVNULL, stderr=err)
@@ -218,6 +244,14 @@ class Server:
                 raise SystemExit(f"server did not start:\n{self.log.read_text()}")
             time.sleep(0.1)
         self.url = match.group(1)
+        self.grpc_address = None
+        while "grpc-raw" in args.modes and not (found := re.search(r"gRPC listening on (\S+) ", self.log.read_text())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit(f"gRPC did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        if "grpc-raw" in args.modes:
+            self.grpc_address = found.group(1)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -262,16 +296,17 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return {**found, **({"batch": int(batch.group(1))} if batch else {})}
 
 
-async def closed_loop(client, bodies: list[bytes], args) -> dict:
-    """``concurrency`` clients, each sending its next request when the last one is answered."""
+async def closed_loop(send, args) -> dict:
+    """``concurrency`` clients, each sending its next request (``await send(i)``) when the last
+    one is answered; ``--count`` requests."""
     latencies: list[float] = []
-    outcomes: dict[str, int] = {"ok": 0, "error": 0, "lost": 0}
+    outcomes: dict[str, int] = {"ok": 0, "wrong": 0, "error": 0, "lost": 0}
     next_index = iter(range(args.count))
 
     async def client_loop():
         for i in next_index:
             start = time.perf_counter()
-            outcome, _ = await post(client, bodies[i % len(bodies)], args.timeout)
+            outcome, _ = await send(i)
             latencies.append(time.perf_counter() - start)
             outcomes[outcome] += 1
 
@@ -285,10 +320,11 @@ async def closed_loop(client, bodies: list[bytes], args) -> dict:
         "images_per_s": outcomes["ok"] / seconds,
         **outcomes,
         **percentiles(latencies),
+        "latencies": latencies,
     }
 
 
-async def open_loop(client, bodies: list[bytes], rate: float, args) -> dict:
+async def open_loop(send, rate: float, args) -> dict:
     """Poisson arrivals at ``rate``/s for ``duration`` s; latency counted from the scheduled time."""
     rng = np.random.default_rng(args.seed)
     schedule = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * args.duration * 1.5) + 16))
@@ -298,7 +334,7 @@ async def open_loop(client, bodies: list[bytes], rate: float, args) -> dict:
     stages: list[dict[str, float]] = []  # its Server-Timing header
 
     async def one(i: int, at: float, t0: float):
-        outcome, answer = await post(client, bodies[i % len(bodies)], args.timeout)
+        outcome, answer = await send(i)
         records.append((at, time.perf_counter() - (t0 + at), outcome))
         if outcome == "ok":
             server_side.append(answer["latency_ms"] / 1000)
@@ -374,39 +410,109 @@ def batch_stats(metrics_text: str) -> dict:
     return {"batches": int(value("resnet50_batch_size_count")), "images": int(value("resnet50_batch_size_sum"))}
 
 
-async def serve_and_load(args, bodies: list[bytes], base: dict, log_dir: Path) -> dict:
+async def serve_and_load(args, bodies: list[bytes], base: dict, images, log_dir: Path) -> dict:
+    """Start the server, run the chosen measurements against it, stop it (SIGTERM)."""
     from http_client import LoopbackClient
 
     server = Server(args, log_dir)
     client = LoopbackClient(server.url)
+    results: dict = {}
     try:
         await wait_ready(client)
-        warm = bodies[: 2 * max(args.max_batch, args.streams)]  # concurrent, so every stream runs
-        await asyncio.gather(*(post(client, body, args.timeout) for body in warm))
-        print(f"closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
-        closed = await closed_loop(client, bodies, args)
-        rates = {"open": args.rate or args.load * closed["images_per_s"]}
-        if args.also_local_rate:
-            rates["open_local"] = args.load * base["images_per_s"]
-        opened = {}
-        for name, rate in rates.items():
-            print(f"{name}: {rate:.1f} req/s for {args.duration:g} s ...", file=sys.stderr)
-            before = batch_stats((await client.get("/metrics")).content.decode())
-            cpu_before = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
-            result = await open_loop(client, bodies, rate, args)
-            cpu_after = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
-            after = batch_stats((await client.get("/metrics")).content.decode())
-            result["batching"] = batch_delta(before, after)
-            result["cpu_share"] = cpu_share(cpu_before, cpu_after)
-            schedule = result.pop("schedule")
-            service = base.get("stream_service_ms", base["service_ms"])
-            result["floor"] = queue_floor(schedule, service, args.max_batch, base["prepare_ms"], args.streams)
-            result["inference_per_batch"] = inference_slowdown(result.pop("stages"), service)
-            opened[name] = result
+        if "classify" in args.modes:
+            results.update(await classify_runs(server, client, bodies, base, args))
+        tensor_modes = [m for m in TENSOR_MODES if m in args.modes]
+        if tensor_modes:
+            results["protocols"] = await protocol_runs(server, client, images, tensor_modes, args)
     finally:
         await client.aclose()
         code = server.stop()
-    return {"closed": closed, **opened, "server_exit_code": code, "server_url": server.url}
+    return {**results, "server_exit_code": code, "server_url": server.url}
+
+
+async def classify_runs(server, client, bodies: list[bytes], base: dict, args) -> dict:
+    """``/v1/classify``: the closed loop (capacity), then the open loops at a share of it."""
+
+    def send(i: int):
+        return post(client, bodies[i % len(bodies)], args.timeout)
+
+    warm = range(2 * max(args.max_batch, args.streams))  # concurrent, so every stream runs
+    await asyncio.gather(*(send(i) for i in warm))
+    print(f"closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
+    closed = await closed_loop(send, args)
+    closed.pop("latencies")
+    rates = {"open": args.rate or args.load * closed["images_per_s"]} if args.duration > 0 else {}
+    if args.also_local_rate and args.duration > 0:
+        rates["open_local"] = args.load * base["images_per_s"]
+    opened = {}
+    for name, rate in rates.items():
+        print(f"{name}: {rate:.1f} req/s for {args.duration:g} s ...", file=sys.stderr)
+        before = batch_stats((await client.get("/metrics")).content.decode())
+        cpu_before = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
+        result = await open_loop(send, rate, args)
+        cpu_after = cpu_seconds(server.proc.pid), time.process_time(), time.perf_counter()
+        after = batch_stats((await client.get("/metrics")).content.decode())
+        result["batching"] = batch_delta(before, after)
+        result["cpu_share"] = cpu_share(cpu_before, cpu_after)
+        schedule = result.pop("schedule")
+        service = base.get("stream_service_ms", base["service_ms"])
+        result["floor"] = queue_floor(schedule, service, args.max_batch, base["prepare_ms"], args.streams)
+        result["inference_per_batch"] = inference_slowdown(result.pop("stages"), service)
+        opened[name] = result
+    return {"closed": closed, **opened}
+
+
+async def protocol_runs(server, client, images, modes: list[str], args) -> dict:
+    """The same closed loop per protocol on the same tensors, in rounds of alternating order;
+    per mode: images/s over all its rounds, each round's, latency, outcomes, CPU per request."""
+    from protocol_clients import grpc_channel, grpc_raw_sender, http_v2_sender
+
+    channel = grpc_channel(server.grpc_address) if "grpc-raw" in modes else None
+    senders = {
+        "http-json": lambda: http_v2_sender(client, images, binary=False, timeout=args.timeout),
+        "http-binary": lambda: http_v2_sender(client, images, binary=True, timeout=args.timeout),
+        "grpc-raw": lambda: grpc_raw_sender(channel, images, timeout=args.timeout),
+    }
+    senders = {mode: senders[mode]() for mode in modes}
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    try:
+        for send in senders.values():  # warm-up: connections, and every stream runs once
+            await asyncio.gather(*(send(i) for i in range(2 * max(args.max_batch, args.streams, 2))))
+        for round_ in range(args.protocol_rounds):
+            for mode in modes if round_ % 2 == 0 else modes[::-1]:
+                print(f"{mode}: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
+                cpu_before = cpu_seconds(server.proc.pid), time.process_time()
+                result = await closed_loop(senders[mode], args)
+                cpu_after = cpu_seconds(server.proc.pid), time.process_time()
+                result["cpu_ms_per_request"] = {
+                    side: round((after - before) * 1000 / args.count, 3)
+                    for side, before, after in zip(("server", "load generator"), cpu_before, cpu_after)
+                }
+                runs[mode].append(result)
+    finally:
+        if channel is not None:
+            await channel.close()
+    return {mode: merge_runs(mode_runs) for mode, mode_runs in runs.items()}
+
+
+def merge_runs(runs: list[dict]) -> dict:
+    """Closed-loop runs of one mode as one: totals, images/s over their summed time, each run's."""
+    seconds = sum(r["seconds"] for r in runs)
+    outcomes = {k: sum(r[k] for r in runs) for k in ("ok", "wrong", "error", "lost")}
+    cpu = {
+        side: round(float(np.mean([r["cpu_ms_per_request"][side] for r in runs])), 3)
+        for side in runs[0]["cpu_ms_per_request"]
+    }
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "concurrency": runs[0]["concurrency"],
+        "seconds": seconds,
+        "images_per_s": outcomes["ok"] / seconds,
+        "rounds_images_per_s": [round(r["images_per_s"], 2) for r in runs],
+        **outcomes,
+        **percentiles([lat for r in runs for lat in r["latencies"]]),
+        "cpu_ms_per_request": cpu,
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -433,32 +539,66 @@ OPEN_RUNS = ("open", "open_local")
 
 
 def plot(result: dict, path: Path) -> None:
+    """One PNG: the panels of the measurements this run made, side by side."""
     plt = common.pyplot()
-    opened, closed, base = result["open"], result["closed"], result["baseline"]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1, 2.2, 1.4]})
+    panels = [(_throughput_panel, 1.0)] if "closed" in result else []
+    if "open" in result:
+        panels += [(_timeline_panel, 2.2), (_cdf_panel, 1.4)]
+    if result.get("protocols"):
+        panels.append((_protocols_panel, 1.2))
+    widths = [w for _, w in panels]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(8.5, 2.7 * sum(widths) + 1), 4.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
+    for (draw, _), ax in zip(panels, axes[0]):
+        draw(ax, result)
+    cfg = result["config"]
+    fig.suptitle(
+        f"resnet50 serve on {result['machine']['cpu']['cores']} CPUs, "
+        f"{cfg['precision']} {cfg['backend'] or 'onnxruntime'}, "
+        f"weights: {result['weights']}, {cfg['streams']} model streams, max batch {cfg['max_batch']}, "
+        f"max wait {cfg['max_wait_ms']:g} ms",
+        fontsize=9,
+    )
+    common.save_figure(fig, path)
+
+
+def _throughput_panel(ax, result: dict) -> None:
+    closed, base = result["closed"], result["baseline"]
     names = ["local e2e\n(classify_stream)", f"serve, closed loop\nconcurrency {closed['concurrency']}"]
-    values = [base["images_per_s"], closed["images_per_s"]]
-    bars = ax1.bar(names, values, color=["#98a2b3", "#3e6ae1"])
-    ax1.bar_label(bars, fmt="%.1f")
-    ax1.axhline(GOAL_RATIO * base["images_per_s"], color="#b42318", ls="--", lw=1, label="80% of local")
-    ax1.set_ylabel("images/s")
-    ax1.set_title(f"throughput (ratio {result['ratio']:.2f})")
-    ax1.legend(fontsize=8)
+    bars = ax.bar(names, [base["images_per_s"], closed["images_per_s"]], color=["#98a2b3", "#3e6ae1"])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.margins(y=0.12)
+    ax.axhline(GOAL_RATIO * base["images_per_s"], color="#b42318", ls="--", lw=1, label="80% of local")
+    ax.set_ylabel("images/s")
+    ax.set_title(f"throughput (ratio {result['ratio']:.2f})")
+    ax.legend(fontsize=8)
+
+
+def _timeline_panel(ax, result: dict) -> None:
+    opened = result["open"]
     timeline = opened["timeline"]
     ok = [(t, lat) for t, lat, o in timeline if o == "ok"]
     if ok:
-        ax2.scatter(*zip(*ok), s=6, color="#3e6ae1", label="answered")
+        ax.scatter(*zip(*ok), s=6, color="#3e6ae1", label="answered")
     bad = [(t, 0) for t, _, o in timeline if o != "ok"]
     if bad:
-        ax2.scatter(*zip(*bad), s=18, color="#b42318", marker="x", label="error / lost")
-    ax2.axhline(GOAL_P99_MS, color="#b42318", ls="--", lw=1, label=f"goal p99 {GOAL_P99_MS:g} ms")
+        ax.scatter(*zip(*bad), s=18, color="#b42318", marker="x", label="error / lost")
+    ax.axhline(GOAL_P99_MS, color="#b42318", ls="--", lw=1, label=f"goal p99 {GOAL_P99_MS:g} ms")
     if opened["p99_ms"] is not None:
-        ax2.axhline(opened["p99_ms"], color="#101828", ls=":", lw=1, label=f"p99 {opened['p99_ms']:.1f} ms")
-    ax2.set_xlabel("scheduled send time (s)")
-    ax2.set_ylabel("latency (ms)")
+        ax.axhline(opened["p99_ms"], color="#101828", ls=":", lw=1, label=f"p99 {opened['p99_ms']:.1f} ms")
+    ax.set_xlabel("scheduled send time (s)")
+    ax.set_ylabel("latency (ms)")
     how = "fixed --rate" if result["config"]["rate"] else f"{result['config']['load']:g} x serve capacity"
-    ax2.set_title(f"open loop, {opened['rate_per_s']:.1f} req/s Poisson ({how})")
-    ax2.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"open loop, {opened['rate_per_s']:.1f} req/s Poisson ({how})")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _cdf_panel(ax, result: dict) -> None:
     colors = {"open": "#3e6ae1", "open_local": "#f79009"}
     for name in OPEN_RUNS:
         if name not in result:
@@ -467,26 +607,62 @@ def plot(result: dict, path: Path) -> None:
         lats = np.sort([lat for _, lat, o in run["timeline"] if o == "ok"])
         if len(lats):
             label = f"{run['rate_per_s']:.1f} req/s: p99 {run['p99_ms']:.0f} ms (ideal {run['floor']['p99_ms']:.0f})"
-            ax3.plot(lats, np.arange(1, len(lats) + 1) / len(lats), color=colors[name], label=label)
-    ax3.axvline(GOAL_P99_MS, color="#b42318", ls="--", lw=1)
-    ax3.axhline(0.99, color="#667085", ls=":", lw=1)
-    ax3.set_xlabel("latency (ms)")
-    ax3.set_ylabel("fraction of requests")
-    ax3.set_title("open-loop latency CDF")
-    ax3.legend(fontsize=7, loc="lower right")
-    cfg = result["config"]
-    fig.suptitle(
-        f"resnet50 serve on {result['machine']['cpu']['cores']} CPUs, "
-        f"{cfg['precision']} {cfg['backend'] or 'onnxruntime'}, "
-        f"weights: {result['weights']}, {cfg['streams']} model streams, max batch {cfg['max_batch']}, "
-        f"max wait {cfg['max_wait_ms']:g} ms",
-        fontsize=10,
+            ax.plot(lats, np.arange(1, len(lats) + 1) / len(lats), color=colors[name], label=label)
+    ax.axvline(GOAL_P99_MS, color="#b42318", ls="--", lw=1)
+    ax.axhline(0.99, color="#667085", ls=":", lw=1)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("open-loop latency CDF")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _protocols_panel(ax, result: dict) -> None:
+    protocols, ratios = result["protocols"], result.get("protocol_ratios", {})
+    names = list(protocols)
+    bars = ax.bar(names, [protocols[n]["images_per_s"] for n in names], color="#3e6ae1")
+    labels = [
+        f"{protocols[n]['images_per_s']:.1f}" + (f"\n{ratios[n + '/http-binary']['median']:.2f}x" if ratios else "")
+        for n in names
+    ]
+    ax.bar_label(bars, labels=labels, fontsize=8, label_type="center", color="white")
+    for i, name in enumerate(names):  # each round's images/s: how much the machine moved them
+        rounds = protocols[name]["rounds_images_per_s"]
+        ax.scatter([i + 0.3] * len(rounds), rounds, s=9, color="#101828", zorder=3, label="a round" if i == 0 else None)
+    ax.margins(y=0.18)
+    if "http-binary" in protocols:
+        goal = GOAL_GRPC_RATIO * protocols["http-binary"]["images_per_s"]
+        ax.axhline(goal, color="#b42318", ls="--", lw=1, label=f"{GOAL_GRPC_RATIO:g}x HTTP binary")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylabel("images/s")
+    concurrency = protocols[names[0]]["concurrency"]
+    rounds = len(protocols[names[0]]["rounds_images_per_s"])
+    ax.set_title(
+        f"tensors in, closed loop, concurrency {concurrency}\n(x HTTP binary: median of {rounds} rounds)", fontsize=9
     )
-    common.save_figure(fig, path)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def protocol_ratios(protocols: dict) -> dict[str, dict]:
+    """Each tensor mode's images/s against HTTP binary's, measured in the same run: the median
+    of the rounds' ratios (each round measures the modes back to back, so a shared machine's
+    drift between rounds cancels out), each round's, and the ratio of the pooled totals."""
+    reference = protocols.get("http-binary")
+    if not reference or not reference["images_per_s"]:
+        return {}
+    ratios = {}
+    for mode, run in protocols.items():
+        rounds = [a / b if b else 0.0 for a, b in zip(run["rounds_images_per_s"], reference["rounds_images_per_s"])]
+        ratios[f"{mode}/http-binary"] = {
+            "median": round(float(np.median(rounds)), 3),
+            "rounds": [round(r, 3) for r in rounds],
+            "pooled": round(run["images_per_s"] / reference["images_per_s"], 3),
+        }
+    return ratios
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from protocol_clients import TensorSet
     from resnet50.core.cache import cache_dir
     from resnet50.core.samples import write_jpegs
 
@@ -496,23 +672,34 @@ def main(argv=None) -> int:
     print(f"baseline: classify_stream over {len(paths)} images ...", file=sys.stderr)
     base = baseline(args, paths)
     print(f"baseline: {base['images_per_s']:.1f} images/s", file=sys.stderr)
+    images = TensorSet(load_model(args), paths[: args.tensor_images]) if set(TENSOR_MODES) & set(args.modes) else None
     use_uvloop()
     with tempfile.TemporaryDirectory() as tmp:
-        served = asyncio.run(serve_and_load(args, bodies, base, Path(tmp)))
-    closed = served["closed"]
-    ratio = closed["images_per_s"] / base["images_per_s"]
-    goals = {"closed_ratio_at_least_0.8": ratio >= GOAL_RATIO, "open_at_least_60s": args.duration >= 60}
+        served = asyncio.run(serve_and_load(args, bodies, base, images, Path(tmp)))
+    goals, extra = {}, {}
+    if "closed" in served:
+        ratio = served["closed"]["images_per_s"] / base["images_per_s"]
+        extra["ratio"] = round(ratio, 3)
+        goals["closed_ratio_at_least_0.8"] = ratio >= GOAL_RATIO
+        goals["open_at_least_60s"] = args.duration >= 60
     for name in OPEN_RUNS:
         if name in served and not (name == "open" and args.rate):  # a fixed --rate is not the goal's load
             run = served[name]
             goals[f"{name}_p99_at_most_60ms"] = run["p99_ms"] is not None and run["p99_ms"] <= GOAL_P99_MS
             goals[f"{name}_zero_errors_and_lost"] = run["error"] == 0 and run["lost"] == 0
+    if "protocols" in served:
+        ratios = extra["protocol_ratios"] = protocol_ratios(served["protocols"])
+        if "grpc-raw/http-binary" in ratios:
+            goals["grpc_raw_at_least_0.95x_http_binary"] = ratios["grpc-raw/http-binary"]["median"] >= GOAL_GRPC_RATIO
+        goals["protocols_all_answers_right"] = all(
+            run["wrong"] == run["error"] == run["lost"] == 0 for run in served["protocols"].values()
+        )
     result = {
         **common.header("load_test"),
         "weights": base["weights"],
         "config": common.settings(args),
         "baseline": base,
-        "ratio": round(ratio, 3),
+        **extra,
         **{k: v for k, v in served.items() if k != "server_url"},
         "goals": goals,
     }
@@ -522,8 +709,8 @@ def main(argv=None) -> int:
         "baseline_images_per_s": round(base["images_per_s"], 2),
         "service_ms": base["service_ms"],
         "prepare_ms": base["prepare_ms"],
-        "closed": closed,
-        "ratio": result["ratio"],
+        **{k: served[k] for k in ("closed", "protocols") if k in served},
+        **extra,
         **{name: {k: v for k, v in served[name].items() if k != "timeline"} for name in OPEN_RUNS if name in served},
         "goals": goals,
         "server_exit_code": served["server_exit_code"],

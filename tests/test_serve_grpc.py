@@ -351,6 +351,35 @@ def test_metrics_count_grpc_requests_by_protocol(server, client, photos):
     assert 'code="INTERNAL"' not in text
 
 
+def test_native_server_takes_uint8_raw_and_typed_and_top_k(model_native, sample_photos, tmp_path):
+    """With --native the input is the uint8 crop and top-k is fused: ``top_k`` shapes the outputs."""
+    srv = GrpcServer(tmp_path, "--native")
+    try:
+        crops, _ = model_native.preprocess([str(p) for p in sample_photos[:2]])
+        with tritongrpc.InferenceServerClient(srv.address) as c:
+            inputs = c.get_model_metadata("resnet50").inputs
+            assert [(t.name, t.datatype, list(t.shape)) for t in inputs] == [
+                ("input_uint8", "UINT8", [-1, 3, 224, 224])
+            ]
+            inp = tritongrpc.InferInput("input_uint8", list(crops.shape), "UINT8")
+            inp.set_data_from_numpy(crops)
+            result = c.infer("resnet50", [inp], parameters={"top_k": 3})
+            want = model_native.run(crops, 3)
+            assert want["topk_class_ids"].shape == (2, 3)
+            _assert_same(result.as_numpy, want)
+        spec = pb.ModelInferRequest.InferInputTensor(name="input_uint8", datatype="UINT8", shape=crops.shape)
+        spec.contents.uint_contents.extend(crops.ravel().tolist())
+        request = pb.ModelInferRequest(model_name="resnet50", inputs=[spec])
+        _assert_same(_typed_outputs(srv.stub().ModelInfer(request, timeout=120)).get, model_native.run(crops))
+        request.inputs[0].contents.uint_contents[7] = 300
+        with pytest.raises(grpc.RpcError) as info:
+            srv.stub().ModelInfer(request, timeout=120)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "input 'input_uint8': UINT8 data must be whole numbers in 0..255"
+    finally:
+        assert srv.stop() == 0, srv.stderr
+
+
 # --- limits shared with HTTP, and shutdown ---
 
 

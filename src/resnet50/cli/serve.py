@@ -1,4 +1,4 @@
-"""``resnet50 serve``: run the HTTP server (``/v1/classify``, KServe v2, ``/metrics``, web page)."""
+"""``resnet50 serve``: the HTTP server (``/v1/classify``, KServe v2, ``/metrics``, web page) and optionally gRPC."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="HTTP inference server with dynamic batching, KServe v2 endpoints and a web page",
-        description="Serve the model over HTTP. SIGTERM or Ctrl-C answers every accepted request, then exits.",
+        description="Serve the model over HTTP (and, with --grpc-port, the Open Inference Protocol over gRPC). "
+        "SIGTERM or Ctrl-C answers every accepted request, then exits.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")

@@ -1,7 +1,7 @@
 """``resnet50 serve``: an HTTP inference server with dynamic batching, KServe v2 and a web page.
 
-Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart); nothing here is imported by
-``import resnet50``.
+Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart), and the ``grpc`` extra for
+``--grpc-port`` (:mod:`.grpc`); nothing here is imported by ``import resnet50``.
 """
 
 from __future__ import annotations
