@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def one_run(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
     common = ["--count", str(args.count), "--duration", str(args.duration), "--rate", str(args.rate)]
     common += ["--precision", args.precision, "--backend", args.backend, "--native", "--out", str(out)]
+    common += ["--modes", "classify"]  # the /v1/classify closed and open loops, not the protocol comparison
     with contextlib.redirect_stdout(sys.stderr):  # its summary; ours is the one on stdout
         load_test.main([*common, *extra])
     result = json.loads(out.read_text())
