@@ -319,6 +319,7 @@ class GrpcFrontend:
             raise
         except Exception as exc:
             code, message = "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
+            self._log(f"gRPC {method}: {message}")
         finally:
             self.inflight -= 1
             if self.draining:
