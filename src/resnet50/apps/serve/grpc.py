@@ -316,6 +316,8 @@ class GrpcFrontend:
             code, message = "INVALID_ARGUMENT", str(exc)
         except asyncio.CancelledError:  # the client went away or its deadline passed: nobody to answer
             code = "CANCELLED"
+            counts["gone"] += 1
+            metrics.disconnects.inc(method)
             raise
         except Exception as exc:
             code, message = "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
@@ -324,12 +326,12 @@ class GrpcFrontend:
             self.inflight -= 1
             if self.draining:
                 self._stop_when_idle()
-            if code != "CANCELLED":
+            if code != "CANCELLED":  # as over HTTP, a request whose client went away is not "answered"
                 counts["answered"] += 1
-            metrics.requests.inc("grpc", method, code)
-            metrics.latency.observe(time.perf_counter() - started, "grpc", method)
-            if code != "OK":
-                metrics.errors.inc("grpc", method, _REASONS.get(code, "internal"))
+                metrics.requests.inc("grpc", method, code)
+                metrics.latency.observe(time.perf_counter() - started, "grpc", method)
+                if code != "OK":
+                    metrics.errors.inc("grpc", method, _REASONS.get(code, "internal"))
         await context.abort(getattr(self.grpc.StatusCode, code), message)
 
 
