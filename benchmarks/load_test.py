@@ -19,8 +19,9 @@ compute as MLPerf's), so the ratios hold on any machine:
    (``grpc-raw``), every answer checked against ``ResNet50.run``; the modes alternate order over
    ``--protocol-rounds`` rounds, and each mode's ratio to HTTP binary is the median of the
    rounds' ratios, so drift on a shared machine does not favour one (the pooled ratio and each
-   round's are kept too). Goal: gRPC raw at least 0.95x the throughput of HTTP binary
-   (``protocol_clients.py`` holds these clients).
+   round's are kept too), with the ratio of images per CPU second (server and load generator),
+   which a shared machine moves far less. Goal: gRPC raw at least 0.95x the throughput of HTTP
+   binary (``protocol_clients.py`` holds these clients).
 
 ``--modes`` picks the measurements (default: all); ``--duration 0`` skips the open loops.
 
@@ -645,10 +646,16 @@ def _protocols_panel(ax, result: dict) -> None:
 def protocol_ratios(protocols: dict) -> dict[str, dict]:
     """Each tensor mode's images/s against HTTP binary's, measured in the same run: the median
     of the rounds' ratios (each round measures the modes back to back, so a shared machine's
-    drift between rounds cancels out), each round's, and the ratio of the pooled totals."""
+    drift between rounds cancels out), each round's, and the ratio of the pooled totals; and
+    ``per_cpu``, images per CPU second of server and load generator together against HTTP
+    binary's (what the throughput ratio tends to on cores that nothing else uses)."""
     reference = protocols.get("http-binary")
     if not reference or not reference["images_per_s"]:
         return {}
+
+    def cpu_ms(run: dict) -> float:
+        return sum(run["cpu_ms_per_request"].values())
+
     ratios = {}
     for mode, run in protocols.items():
         rounds = [a / b if b else 0.0 for a, b in zip(run["rounds_images_per_s"], reference["rounds_images_per_s"])]
@@ -656,6 +663,7 @@ def protocol_ratios(protocols: dict) -> dict[str, dict]:
             "median": round(float(np.median(rounds)), 3),
             "rounds": [round(r, 3) for r in rounds],
             "pooled": round(run["images_per_s"] / reference["images_per_s"], 3),
+            "per_cpu": round(cpu_ms(reference) / cpu_ms(run), 3) if cpu_ms(run) else None,
         }
     return ratios
 
