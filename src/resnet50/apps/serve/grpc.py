@@ -51,9 +51,6 @@ from resnet50.core.errors import BackendUnavailableError, InvalidInputError, Res
 MODEL_NAME = "resnet50"
 SERVICE = "inference.GRPCInferenceService"
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
-# A batch of 32 FP32 images is 32*3*224*224*4 = 19.3 MB; 32 MiB, the HTTP body limit, takes it
-# with room for the framing and up to 55 images, and still bounds one message's memory.
-DEFAULT_MAX_MESSAGE_MB = 32.0
 # Once no accepted RPC runs, gRPC gets this long to send the last answers. A call that reached it
 # as it stopped, which no handler took, is cancelled then (gRPC would hold it for the whole grace).
 FINAL_GRACE_S = 1.0
