@@ -31,7 +31,7 @@ httpx = pytest.importorskip("httpx")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from test_serve_hardening import AppClient, _strict_json  # noqa: E402
+from servers import AppClient, strict_json  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::RuntimeWarning")]
 
@@ -168,7 +168,7 @@ def _check(response: httpx.Response, endpoint: str, names: tuple[str, ...]) -> N
     assert response.status_code < 500, response.text
     assert not logged, logged
     if response.status_code >= 400:
-        body = _strict_json(response.content)
+        body = strict_json(response.content)
         assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
         assert _names_problem(body["error"], names), body["error"]
 
@@ -177,7 +177,7 @@ def _check_classify(response: httpx.Response, filenames: tuple[str, ...] = ()) -
     names = ("request body", "multipart", "top_k", "file", *filenames)
     _check(response, "/v1/classify", names)
     if response.status_code == 200:
-        body = _strict_json(response.content)
+        body = strict_json(response.content)
         rows = body if isinstance(body, list) else [body]
         assert rows and all(isinstance(row["predictions"], list) and row["predictions"] for row in rows)
 
@@ -187,7 +187,7 @@ def _check_v2(response: httpx.Response) -> None:
     if response.status_code == 200:
         size = response.headers.get("inference-header-content-length")
         header = response.content if size is None else response.content[: int(size)]
-        assert _strict_json(header)["outputs"]
+        assert strict_json(header)["outputs"]
 
 
 # --- /v1/classify ---

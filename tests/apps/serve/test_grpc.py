@@ -19,13 +19,14 @@ import time
 import numpy as np
 import pytest
 
+httpx = pytest.importorskip("httpx")
 grpc = pytest.importorskip("grpc", reason="the gRPC server needs the grpc extra (grpcio)")
 tritongrpc = pytest.importorskip("tritonclient.grpc", reason="the gRPC tests use tritonclient[grpc] as the client")
 import tritonclient.grpc.aio as tritongrpc_aio  # noqa: E402
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc as pb_grpc  # noqa: E402
 
-from test_serve import ServerProcess, httpx  # noqa: E402
+from servers import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]

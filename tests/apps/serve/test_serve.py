@@ -9,76 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from resnet50 import ResNet50
+from servers import ServerProcess
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-
-
-class ServerProcess:
-    """``python -m resnet50 serve --port 0 ARGS`` with its stderr in a file; knows its URL."""
-
-    def __init__(self, log_dir: Path, *args: str, start_timeout: float = 120.0):
-        self.log = log_dir / f"serve-{time.monotonic_ns()}.log"
-        self.responses = 0  # responses this helper got while waiting for readiness
-        with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "resnet50", "serve", "--port", "0", *args],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env=os.environ,
-            )
-        deadline = time.monotonic() + start_timeout
-        match = None
-        while match is None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"server did not start in {start_timeout}s:\n{self.stderr}")
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.stderr)
-            time.sleep(0.05)
-        self.url = match.group(1)
-        while True:
-            try:
-                response = httpx.get(f"{self.url}/v2/health/ready", timeout=5)
-                self.responses += 1
-                if response.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"server never became ready:\n{self.stderr}")
-            time.sleep(0.05)
-
-    @property
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")

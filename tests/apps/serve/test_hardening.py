@@ -29,7 +29,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from test_serve import ServerProcess  # noqa: E402
+from servers import AppClient, ServerProcess, strict_json  # noqa: E402
 
 _V2 = "/v2/models/resnet50/infer"
 
@@ -92,15 +92,6 @@ def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     status = int(lines[0].split()[1])
     headers = dict(line.split(": ", 1) for line in lines[1:])
     return status, {k.lower(): v for k, v in headers.items()}, body
-
-
-def _strict_json(text: str | bytes):
-    """JSON as the standard defines it: no NaN or Infinity."""
-
-    def refuse(name):
-        raise ValueError(f"not JSON: {name}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def _metric(server: ServerProcess, name: str) -> float:
@@ -205,7 +196,7 @@ def test_header_timeout_answers_408_and_closes(hardened, sent):
         sock.sendall(sent)
         status, headers, body = _parse(_read_until_closed(sock))
     assert status == 408 and headers["connection"] == "close"
-    assert _strict_json(body) == {"error": "request headers not received within 1 s (--header-timeout)"}
+    assert strict_json(body) == {"error": "request headers not received within 1 s (--header-timeout)"}
 
 
 @pytest.mark.slow
@@ -214,7 +205,7 @@ def test_body_timeout_answers_408_and_closes(hardened):
         sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n" + b"\0" * 100)
         status, headers, body = _parse(_read_until_closed(sock))
     assert status == 408 and headers["connection"] == "close"
-    assert _strict_json(body) == {
+    assert strict_json(body) == {
         "error": "request body not received within 2 s (--body-timeout): got 100 of 5000 bytes; "
         "send the whole body at once"
     }
@@ -265,7 +256,7 @@ def test_endless_header_gets_431_and_the_server_keeps_answering(hardened):
                 break
         status, headers, body = _parse(_read_until_closed(sock))
     assert status == 431 and headers["connection"] == "close"
-    assert _strict_json(body) == {"error": "request headers larger than 8 KiB (--max-header-kb)"}
+    assert strict_json(body) == {"error": "request headers larger than 8 KiB (--max-header-kb)"}
     assert _metric(hardened, 'resnet50_connections_refused_total{reason="headers_too_large"}') >= 1
 
 
@@ -308,7 +299,7 @@ def test_sigterm_answers_uploads_still_arriving_with_503(model_fp32, tmp_path):
         assert srv.stop() == 0
         status, headers, body = _parse(_read_until_closed(sock))
     assert status == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
-    assert _strict_json(body) == {"error": "server shutting down; retry"}
+    assert strict_json(body) == {"error": "server shutting down; retry"}
     log = srv.stderr
     assert "Traceback" not in log and "Cancel" not in log and "went away" not in log, log
 
@@ -554,43 +545,6 @@ def test_server_answers_a_single_image_before_a_large_request_sent_first(model_f
 # --- 4. malformed bodies: 4xx JSON, never 500 or invalid JSON (in-process, the same app) ---
 
 
-class AppClient:
-    """The server's app in-process, on an event loop thread of its own and with its lifespan
-    (batcher and decode threads): the code a server runs, minus the HTTP protocol. A request
-    that takes longer than ``timeout`` raises ``TimeoutError`` (a hang)."""
-
-    def __init__(self, app, timeout: float = 60.0):
-        self.app, self.timeout = app, timeout
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="app-client", daemon=True)
-        self.thread.start()
-        self._lifespan = app.app.router.lifespan_context(app.app)
-        self.call(self._lifespan.__aenter__())
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("127.0.0.1", 4242))
-        self.client = httpx.AsyncClient(transport=transport, base_url="http://test")
-
-    def call(self, coro, timeout: float | None = None):
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout or self.timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    def request(self, method: str, url: str, **kwargs) -> httpx.Response:
-        return self.call(self.client.request(method, url, **kwargs))
-
-    def post(self, url: str, **kwargs) -> httpx.Response:
-        return self.request("POST", url, **kwargs)
-
-    def close(self) -> None:
-        self.call(self.client.aclose())
-        self.call(self._lifespan.__aexit__(None, None, None))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def app_client(model_fp32):
     from resnet50.apps.serve.app import create_app
@@ -640,7 +594,7 @@ def _huge_int_body() -> bytes:
 def test_v2_malformed_bodies_get_400_json(app_client, body, status, message):
     response = app_client.post(_V2, content=body)
     assert response.status_code == status, response.text
-    error = _strict_json(response.text)["error"]
+    error = strict_json(response.text)["error"]
     assert error.startswith(message), error
 
 
@@ -651,11 +605,11 @@ def test_v2_output_that_is_not_finite_is_refused_in_binary_too(app_client):
     assert "is not finite (NaN or infinity) for these values (largest magnitude 1e+38)" in response.json()["error"]
 
 
-def test_v2_response_body_is_strict_json(app_client):
+def test_v2_response_body_isstrict_json(app_client):
     """The same request with ordinary values: a valid answer, parsed with NaN refused."""
     response = app_client.post(_V2, content=_spec_body(data=[1.0] * (3 * 224 * 224)))
     assert response.status_code == 200
-    outputs = {o["name"]: o for o in _strict_json(response.text)["outputs"]}
+    outputs = {o["name"]: o for o in strict_json(response.text)["outputs"]}
     assert np.isfinite(outputs["softmax_tensor:0"]["data"]).all()
 
 

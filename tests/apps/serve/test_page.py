@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_serve import ServerProcess
+from servers import ServerProcess
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 httpx = pytest.importorskip("httpx")
