@@ -6,6 +6,7 @@ import pytest
 
 from reference import pre_process_vgg, reference_tensor
 from resnet50 import ImageDecodeError, InputNotFoundError, InvalidInputError, preprocess
+from resnet50.processing import preprocess as preprocess_module
 from resnet50.processing.preprocess import center_crop_uint8, normalize, resized_size
 
 KINDS = [
@@ -155,9 +156,18 @@ def _png(width: int, height: int, bit_depth: int, color_type: int, idat: bytes) 
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(idat)) + chunk(b"IEND", b"")
 
 
-def test_image_opencv_refuses_to_decode_is_our_error():
+def test_image_opencv_refuses_to_decode_is_our_error(monkeypatch):
     # A 60000x60000 header: OpenCV raises cv2.error (too many pixels) instead of returning None.
+    monkeypatch.setattr(preprocess_module, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(ImageDecodeError, match=r"<\d+ bytes>: not a decodable image \("):
+        preprocess(_png(60_000, 60_000, 8, 0, b"\x00" * 1000))
+
+
+def test_a_header_declaring_too_many_pixels_is_refused_before_decoding():
+    with pytest.raises(
+        InvalidInputError,
+        match=r"<\d+ bytes>: PNG header declares 60000x60000 \(3600\.0 megapixels\); at most 100 megapixels",
+    ):
         preprocess(_png(60_000, 60_000, 8, 0, b"\x00" * 1000))
 
 

@@ -133,10 +133,12 @@ def bench_e2e(
     duration: float = 10.0,
     warmup: float = 2.0,
     workers: int | None = None,
+    max_file_mb: float | None = None,
 ) -> BenchResult:
     """Files in, labels out through the overlapped pipeline, cycling the files for ``duration`` s.
 
-    Latency is per image, from the moment the pipeline takes it to its result.
+    Latency is per image, from the moment the pipeline takes it to its result. Files over
+    ``max_file_mb`` count as errors.
     """
     files = [os.fspath(f) for f in (files or default_images())]
     start = time.perf_counter()
@@ -152,7 +154,9 @@ def bench_e2e(
     count = errors = 0
     latencies: list[float] = []
     measuring_since = None
-    for result in classify_stream(model, stamped(), batch_size=batch, workers=workers, times=times):
+    for result in classify_stream(
+        model, stamped(), batch_size=batch, workers=workers, times=times, max_file_mb=max_file_mb
+    ):
         now = time.perf_counter()
         if not first_result:
             first_result = now - start

@@ -19,8 +19,9 @@ import numpy as np
 
 from resnet50.core.cache import cache_dir
 from resnet50.core.errors import InputNotFoundError, InvalidInputError, ResNet50Error
+from resnet50.core.files import max_file_bytes, regular_file
 from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
-from resnet50.processing.preprocess import normalize, preprocess_one
+from resnet50.processing.preprocess import normalize, preprocess_one, read_bytes
 
 #: Bump when the preprocessed crop of an image would change; old cache entries are then ignored.
 PREPROCESS_VERSION = "mlperf-vgg-crop-u8-v1"  # the MLPerf preset's; other presets add their name
@@ -51,8 +52,10 @@ def default_cache_dir(preprocessing: Preprocessing = MLPERF_PREPROCESSING) -> Pa
 def read_val_map(path: str | os.PathLike) -> list[tuple[str, int]]:
     """``<file> <label 0..999>`` per line → [(file, label)]; a bad line is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"{path}: no such file (the MLPerf ImageNet layout needs val_map.txt)")
+    try:
+        regular_file(path, "a labels file")
+    except InputNotFoundError:
+        raise InputNotFoundError(f"{path}: no such file (the MLPerf ImageNet layout needs val_map.txt)") from None
     entries, problems = [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         cols = line.split()
@@ -92,6 +95,7 @@ class ImagenetDataset:
         val_map: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
         preprocessing: Preprocessing = MLPERF_PREPROCESSING,
+        max_file_mb: float | None = None,
     ):
         if not paths:
             raise DatasetError(f"{root or 'data set'}: no images")
@@ -100,6 +104,8 @@ class ImagenetDataset:
         self.root = Path(root) if root is not None else None
         self.val_map = Path(val_map) if val_map is not None else None
         self.preprocessing = preprocessing
+        self.max_file_mb = max_file_mb
+        self.max_file_bytes = max_file_bytes(max_file_mb)
         self._cache_root = Path(cache_dir) if cache_dir is not None else None
         if self._cache_root is None:
             self.cache_dir = default_cache_dir(preprocessing)
@@ -119,6 +125,7 @@ class ImagenetDataset:
             val_map=self.val_map,
             cache_dir=self._cache_root,
             preprocessing=preprocessing,
+            max_file_mb=self.max_file_mb,
         )
 
     @classmethod
@@ -129,6 +136,7 @@ class ImagenetDataset:
         count: int | None = None,
         val_map: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        max_file_mb: float | None = None,
     ) -> ImagenetDataset:
         """The first ``count`` entries (all when None) of ``root/val_map.txt``."""
         root = Path(root)
@@ -143,6 +151,7 @@ class ImagenetDataset:
             root=root,
             val_map=val_map,
             cache_dir=cache_dir,
+            max_file_mb=max_file_mb,
         )
 
     @classmethod
@@ -152,12 +161,14 @@ class ImagenetDataset:
         *,
         count: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        max_file_mb: float | None = None,
     ) -> ImagenetDataset:
         """Unlabelled images (for comparing precisions): the first ``count`` of them."""
         images = list(images)
         if not images:
             raise DatasetError("no image files given")
-        return cls(images[: _check_count(count, len(images), "the images")], cache_dir=cache_dir)
+        chosen = images[: _check_count(count, len(images), "the images")]
+        return cls(chosen, cache_dir=cache_dir, max_file_mb=max_file_mb)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -180,10 +191,18 @@ class ImagenetDataset:
         return self.cache_dir / f"{hashlib.sha1(key).hexdigest()[:20]}.npy"
 
     def check_files(self) -> None:
-        """Raise :class:`DatasetError` listing every listed image that is not a readable file."""
-        missing = [f"{self.name(i)} (no such file)" for i, p in enumerate(self.paths) if not p.is_file()]
-        if missing:
-            raise DatasetError(f"{len(missing)} of {len(self)} data set files are missing", missing)
+        """Raise :class:`DatasetError` listing every listed image that is missing or not a regular
+        file (a FIFO, device, folder or symlink loop is refused without being opened)."""
+        problems, all_missing = [], True
+        for i, path in enumerate(self.paths):
+            try:
+                regular_file(path, "an image")
+            except ResNet50Error as exc:
+                all_missing &= isinstance(exc, InputNotFoundError)
+                problems.append(f"{self.name(i)} ({str(exc).removeprefix(f'{path}: ')})")
+        if problems:
+            what = "are missing" if all_missing else "are missing or cannot be read"
+            raise DatasetError(f"{len(problems)} of {len(self)} data set files {what}", problems)
 
     def prepare(self, workers: int | None = None, progress: Callable[[int], None] | None = None) -> int:
         """Preprocess every image not yet cached; return how many were decoded.
@@ -217,7 +236,9 @@ class ImagenetDataset:
             return index, str(exc).removeprefix(f"{self.paths[index]}: ")
 
     def _store(self, index: int) -> np.ndarray:
-        crop, _ = preprocess_one(self.paths[index], preprocessing=self.preprocessing)
+        path = self.paths[index]
+        data = read_bytes(path, self.max_file_bytes)
+        crop, _ = preprocess_one(data, os.fspath(path), preprocessing=self.preprocessing)
         crop = np.ascontiguousarray(crop)
         target = self.cache_path(index)
         tmp = target.with_name(f"{target.stem}.{os.getpid()}.{id(crop)}.tmp")

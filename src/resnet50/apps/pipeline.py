@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from resnet50.core.errors import InvalidInputError, ResNet50Error
+from resnet50.core.files import max_file_bytes
 from resnet50.core.registry import Preprocessing
 from resnet50.processing.postprocess import Classification
-from resnet50.processing.preprocess import PreprocessContext, crop_decoded, decode_image, describe
+from resnet50.processing.preprocess import PreprocessContext, crop_decoded, decode_image, describe, read_bytes
 
 
 @dataclass
@@ -65,10 +66,12 @@ class _Prepared:
     preprocess_s: float = 0.0
 
 
-def _prepare(index: int, image, preprocessing: Preprocessing) -> _Prepared:
+def _prepare(index: int, image, preprocessing: Preprocessing, max_bytes: int) -> _Prepared:
     item = _Prepared(index, describe(image))
     start = time.perf_counter()
     try:
+        if isinstance(image, (str, os.PathLike)):
+            image = read_bytes(image, max_bytes)
         image = decode_image(image, item.source, preprocessing)
         decoded = time.perf_counter()
         item.decode_s = decoded - start
@@ -92,24 +95,31 @@ def classify_stream(
     workers: int | None = None,
     prefetch: int | None = None,
     times: StageTimes | None = None,
+    max_file_mb: float | None = None,
 ) -> Iterator[Result]:
-    """Classify ``images`` (paths, bytes, arrays) with ``model``; yield :class:`Result` in order."""
+    """Classify ``images`` (paths, bytes, arrays) with ``model``; yield :class:`Result` in order.
+
+    Image files over ``max_file_mb`` (default :data:`resnet50.core.files.DEFAULT_MAX_FILE_MB`) and
+    anything but regular files become error rows without being read.
+    """
     if batch_size < 1:
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
+    max_bytes = max_file_bytes(max_file_mb)
     workers = workers or default_workers()
     prefetch = prefetch or max(2 * batch_size, 4 * workers)
     times = times if times is not None else StageTimes()
     numbered = enumerate(images)
     with ThreadPoolExecutor(workers, thread_name_prefix="resnet50-prep") as pool:
         inflight: deque[Future] = deque(
-            pool.submit(_prepare, i, img, model.preprocessing) for i, img in itertools.islice(numbered, prefetch)
+            pool.submit(_prepare, i, img, model.preprocessing, max_bytes)
+            for i, img in itertools.islice(numbered, prefetch)
         )
         try:
             batch: list[tuple] = []
             while inflight:
                 item = inflight.popleft().result()
                 for i, img in itertools.islice(numbered, 1):
-                    inflight.append(pool.submit(_prepare, i, img, model.preprocessing))
+                    inflight.append(pool.submit(_prepare, i, img, model.preprocessing, max_bytes))
                 times.decode += item.decode_s
                 times.preprocess += item.preprocess_s
                 batch.append(item)

@@ -28,9 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C."""
+    from resnet50.cli.common import show_progress
+    from resnet50.core.progress import progress_mode
+
     args = build_parser().parse_args(argv)
+    # One-off builds (synthetic model, int8) show a bar on a terminal, a line otherwise, nothing under --json.
+    mode = "off" if getattr(args, "json", False) else "bar" if show_progress(args) else "line"
     try:
-        code = int(args.func(args) or 0)
+        with progress_mode(mode):
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, so a closed pipe is caught below and not reported at exit
         return code
     except ResNet50Error as exc:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resnet50.cli.common import add_json_option, add_model_options, model_options, print_json, show_progress
+from resnet50.cli.common import (
+    add_input_options,
+    add_json_option,
+    add_model_options,
+    model_options,
+    print_json,
+    show_progress,
+)
 
 
 def register(subparsers) -> None:
@@ -33,6 +40,7 @@ def register(subparsers) -> None:
     ray.add_argument("--address", metavar="ADDR", help="Ray cluster to join, e.g. auto or HOST:6379 (default: local)")
     ray.add_argument("--num-workers", type=int, metavar="N", help="model actors (default 1)")
     ray.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs reserved per actor")
+    add_input_options(parser)
     add_model_options(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -70,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top,
         path_column=args.path_column,
         progress=show_progress(args),
+        max_file_mb=args.max_file_mb,
         **ray_options,
     )
     if args.json:

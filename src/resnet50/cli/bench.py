@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from resnet50.cli.common import add_json_option, add_model_options, model_options, print_json
-from resnet50.core.files import expand_images
+from resnet50.cli.common import add_input_options, add_json_option, add_model_options, model_options, print_json
+from resnet50.core.files import expand_images, max_file_bytes
 
 
 def register(subparsers) -> None:
@@ -24,6 +24,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="e2e: float input and Python postprocessing instead of the fused graph (the e2e default)",
     )
+    add_input_options(parser)
     add_model_options(parser, spin_wait=True, streams=True)
     parser.set_defaults(precision="int8")  # bench measures the fast path unless told otherwise
     add_json_option(parser)
@@ -43,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError("--images is for --mode e2e; inference-only mode times a fixed batch")
         if not Path(args.images).exists():
             raise InvalidInputError(f"{args.images}: no such file or folder")
-        files = expand_images([args.images])
-        if not files:
-            raise InvalidInputError(f"{args.images}: no image files found")
+        files = expand_images([args.images])  # an empty folder is refused by name
     if args.streams not in (None, 1) and args.mode != "infer":
         raise InvalidInputError("--streams is for --mode infer; the e2e pipeline runs one batch at a time")
+    max_file_bytes(args.max_file_mb)  # a bad limit is refused before the model loads
     start = time.perf_counter()
     options = model_options(args)
     if args.mode == "e2e":  # uint8 in, top-k out: no float tensor built in Python
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "infer":
         result = bench_infer(model, args.batch, args.duration, args.warmup)
     else:
-        result = bench_e2e(model, files, args.batch, args.duration, args.warmup, args.workers)
+        result = bench_e2e(model, files, args.batch, args.duration, args.warmup, args.workers, args.max_file_mb)
     result.load_s = round(load_s, 3)
     if args.json:
         print_json(result.to_dict())

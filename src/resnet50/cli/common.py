@@ -74,6 +74,19 @@ def add_model_options(
         )
 
 
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-file-mb``: the size limit on image files (commands that read them)."""
+    from resnet50.core.files import DEFAULT_MAX_FILE_MB
+
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=DEFAULT_MAX_FILE_MB,
+        metavar="MB",
+        help=f"largest image file read; bigger ones are refused by name (default {DEFAULT_MAX_FILE_MB:g})",
+    )
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.cli.common import (
+    add_input_options,
+    add_json_option,
+    add_model_options,
+    load_model,
+    print_json,
+    progress,
+)
 from resnet50.core.files import expand_images
 
 
@@ -25,6 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--compare", choices=("fp32", "int8"), metavar="PRECISION", help="reference precision")
     parser.add_argument("--batch", type=int, default=16, metavar="B", help="images per inference batch")
     parser.add_argument("--cache", metavar="DIR", help="preprocessed-sample cache (default: in $RESNET50_HOME)")
+    add_input_options(parser)
     add_model_options(parser)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -42,13 +50,15 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--compare needs the softmax of both models; drop --native")
     if args.dataset:
         dataset = ImagenetDataset.from_val_map(
-            args.dataset, count=args.count, val_map=args.val_map, cache_dir=args.cache
+            args.dataset, count=args.count, val_map=args.val_map, cache_dir=args.cache, max_file_mb=args.max_file_mb
         )
     else:
-        images = expand_images(args.images)
+        images = expand_images(args.images)  # an empty folder among them is refused by name
         if not images:
             raise InvalidInputError(f"no image files in {' '.join(args.images)}")
-        dataset = ImagenetDataset.from_images(images, count=args.count, cache_dir=args.cache)
+        dataset = ImagenetDataset.from_images(
+            images, count=args.count, cache_dir=args.cache, max_file_mb=args.max_file_mb
+        )
     with progress(args, len(dataset), "preprocess") as update:
         dataset.prepare(progress=update)
     model = load_model(args)

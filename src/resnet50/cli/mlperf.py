@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resnet50.cli.common import add_json_option, add_model_options, load_model, print_json, progress
+from resnet50.cli.common import (
+    add_input_options,
+    add_json_option,
+    add_model_options,
+    load_model,
+    print_json,
+    progress,
+)
 from resnet50.core.errors import InvalidInputError
 
 
@@ -48,6 +55,7 @@ def register(subparsers) -> None:
         metavar="MS",
         help="Server: longest wait for a batch to fill (default 0: run what has arrived)",
     )
+    add_input_options(parser)
     add_model_options(parser, spin_wait=True, streams=True)
     add_json_option(parser)
     parser.set_defaults(func=run)
@@ -75,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.streams or 1) > 1 and args.scenario not in ("Offline", "Server"):
         raise InvalidInputError(f"--streams applies to Offline and Server; {args.scenario} has one query in flight")
     loadgen()  # fail before loading anything when LoadGen is missing
-    dataset = ImagenetDataset.from_val_map(args.dataset, count=args.count, val_map=args.val_map, cache_dir=args.cache)
+    dataset = ImagenetDataset.from_val_map(
+        args.dataset, count=args.count, val_map=args.val_map, cache_dir=args.cache, max_file_mb=args.max_file_mb
+    )
     with progress(args, len(dataset), "preprocess") as update:
         dataset.prepare(progress=update)
     # SingleStream runs batches of one: OpenVINO compiles for that size. (Offline's last batch

@@ -6,6 +6,10 @@ import argparse
 
 from resnet50.cli.common import add_model_options, load_model
 from resnet50.core.errors import BackendUnavailableError, InvalidInputError
+from resnet50.core.extras import require
+
+#: What the ``serve`` extra installs and the server imports.
+SERVE_MODULES = ("uvicorn", "fastapi")
 
 _TUNING = [  # (flag, type, default, metavar, help) of the batching, limit and shutdown options
     ("--max-batch", int, None, "B", "images per model run (default: 8 with one stream, 1 with several)"),
@@ -79,10 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     filter_native_stderr(show_noise=args.log_level == "debug")  # before the model load: its runtime logs too
+    for module in SERVE_MODULES:  # fail before the slow model load
+        require(module, "serve", "resnet50 serve")
     try:
-        import uvicorn  # noqa: F401  (fail before the slow model load)
-    except ImportError as exc:
-        raise BackendUnavailableError(f"resnet50 serve needs {exc.name}: pip install 'resnet50[serve]'") from None
+        require("python_multipart", "serve", "resnet50 serve")
+    except BackendUnavailableError:  # python-multipart before 0.0.13 is only `multipart`
+        require("multipart", "serve", "resnet50 serve")
     if args.grpc_port is not None:
         from resnet50.apps.serve.grpc import load_grpc
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from resnet50.core.constants import INPUT_NAME
 from resnet50.core.cpu import cpu_info
-from resnet50.core.errors import InvalidInputError, ModelFileError
-from resnet50.core.files import LIST_SUFFIXES, expand_images, read_list_file
+from resnet50.core.errors import InvalidInputError, ModelFileError, first_line
+from resnet50.core.files import LIST_SUFFIXES, expand_inputs, read_list_file
+from resnet50.core.memory import release_free_memory
+from resnet50.core.progress import Task, task
 from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
 from resnet50.core.samples import synthetic_batch
-from resnet50.derived.files import load_onnx, variant_path
-from resnet50.graph.rewrite import consumers_of, ensure_opset, fold_pads_into_convs
+from resnet50.derived.files import proto_specs, variant_path
+from resnet50.graph.interface import check_interface
+from resnet50.graph.rewrite import consumers_of, ensure_opset, fold_pads_into_convs, opset_of
 from resnet50.processing.preprocess import preprocess
 from resnet50.weights.source import ModelSource
 
@@ -42,7 +44,6 @@ _CLASSIFIER_OPS = ("Gemm", "MatMul")
 _RECIPE = 2  # 2: the graph optimized first, nothing after the classifier quantized
 DEFAULT_CALIBRATION_IMAGES = 64
 _CALIBRATION_SEED = 20_000
-_BATCH = 8
 
 
 def _uses_vnni() -> bool:
@@ -58,56 +59,161 @@ def _calibration_images(source: str | os.PathLike | None, count: int) -> list:
     if Path(source).is_file() and Path(source).suffix.lower() in LIST_SUFFIXES:
         files = [os.path.abspath(p) for p in read_list_file(source)[:count]]
     else:
-        files = expand_images([os.fspath(source)])[:count]
+        files = expand_inputs([os.fspath(source)])[0][:count]
     if not files:
         raise InvalidInputError(f"{source}: no calibration images found")
     return files
 
 
-class _Reader:
-    """ONNX Runtime ``CalibrationDataReader`` over preprocessed batches."""
-
-    def __init__(self, images: list, preprocessing: Preprocessing):
-        self._batches = self._iterate(images, preprocessing)
-
-    @staticmethod
-    def _iterate(images: list, preprocessing: Preprocessing) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(images), _BATCH):
-            yield {INPUT_NAME: preprocess(images[start : start + _BATCH], preprocessing=preprocessing)[0]}
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-    def rewind(self) -> None:  # pragma: no cover - only used by some calibrators
-        raise NotImplementedError
-
-
-def _optimized(model, source_path: str | os.PathLike):
-    """``model`` as ONNX Runtime's basic optimizer leaves it (batch norm folded into the
-    convolutions, tf2onnx's MatMul + Add classifier as one Gemm, constants folded), with zero
-    Pads moved into the convolutions.
+def _optimized_file(source_path: str | os.PathLike, scratch: Path) -> Path:
+    """The source model at opset 13 or newer (per-channel QuantizeLinear/DequantizeLinear need it),
+    as ONNX Runtime's basic optimizer leaves it (batch norm folded into the convolutions, tf2onnx's
+    MatMul + Add classifier as one Gemm, constants folded), shape-inferred, with zero Pads moved
+    into the convolutions and every node named: ``scratch/model.onnx``, its weights in
+    ``scratch/weights.data``.
 
     The quantizer works on the graph as written: on the MLPerf file's layout (unfolded batch
     norm, explicit Pads) int8 ran at about half speed without this, on ONNX Runtime and OpenVINO
-    (docs/performance.md).
+    (docs/performance.md). These are the steps of
+    ONNX Runtime's ``quant_pre_process``, but ONNX Runtime reads the file itself and writes the
+    weights apart (external data): Python only ever holds the graph, never a copy of the weights.
     """
-    import tempfile
-
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
 
-    with tempfile.TemporaryDirectory(prefix="resnet50-quantize-") as scratch:
-        given, optimized = Path(scratch) / "given.onnx", Path(scratch) / "optimized.onnx"
-        onnx.save(model, given)  # from a path: handed a ModelProto, it moves the weights out of the graph
-        quant_pre_process(given, optimized, skip_symbolic_shape=True)
-        result = onnx.load(optimized)
-    # quant_pre_process logs a failed optimization and goes on with the graph as it was.
-    if any(node.op_type == "BatchNormalization" for node in result.graph.node):
+    given = _ort_rewrite(source_path, scratch / "given.onnx", "given.data", source_path, optimize=False)
+    model = onnx.load(given, load_external_data=False)  # the graph; the weights stay in given.data
+    check_interface(os.fspath(source_path), *proto_specs(model))
+    if opset_of(model) < 13:
+        onnx.save(ensure_opset(model, 13), given)  # the converter keeps the external-data references
+    optimized = _ort_rewrite(given, scratch / "optimized.onnx", "weights.data", source_path, optimize=True)
+    inferred = scratch / "inferred.onnx"
+    onnx.shape_inference.infer_shapes_path(os.fspath(optimized), os.fspath(inferred))
+    model = onnx.load(inferred, load_external_data=False)
+    if any(node.op_type == "BatchNormalization" for node in model.graph.node):
         raise ModelFileError(
             f"{source_path}: ONNX Runtime could not fold batch norm into the convolutions before int8 "
-            "quantization (its error is logged above); use the fp32 or bf16 precision"
+            "quantization; use the fp32 or bf16 precision"
         )
-    return fold_pads_into_convs(result)
+    model = fold_pads_into_convs(model)
+    _name_nodes(model)
+    add_pre_process_metadata(model)
+    path = scratch / "model.onnx"
+    onnx.save(model, path)  # its initializers still point at weights.data beside it
+    return path
+
+
+def _ort_rewrite(path, target: Path, data: str, source_path, *, optimize: bool) -> Path:
+    """``path`` as ONNX Runtime saves it, basic-optimized or as it is, to ``target`` with its
+    weights in ``data`` beside it; an unreadable model is an error naming ``source_path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    levels = ort.GraphOptimizationLevel
+    options.graph_optimization_level = levels.ORT_ENABLE_BASIC if optimize else levels.ORT_DISABLE_ALL
+    options.optimized_model_filepath = os.fspath(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelFileError(
+            f"{source_path}: not a readable ONNX model (truncated or not ONNX?): {first_line(exc)}"
+        ) from None
+    del session
+    release_free_memory()
+    return target
+
+
+def tensors_to_calibrate(model) -> list[str]:
+    """The float tensors that ONNX Runtime's calibrators range: inputs and outputs of the nodes
+    of :data:`QUANTIZED_OPS` that have a known type and are not weights, in graph order."""
+    import onnx
+
+    infos = {v.name: v for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    weights = {t.name for t in model.graph.initializer}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    found: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        for name in (*node.input, *node.output):
+            info = infos.get(name)
+            typed = info is not None and info.type.HasField("tensor_type")
+            if typed and name not in weights and info.type.tensor_type.elem_type in floats:
+                found[name] = None
+    return list(found)
+
+
+def calibrate(
+    model_path: Path,
+    images: list,
+    progress: Task | None = None,
+    source_path: str | os.PathLike | None = None,
+    preprocessing: Preprocessing = MLPERF_PREPROCESSING,
+):
+    """MinMax ranges of :func:`tensors_to_calibrate` over ``images``, as ONNX Runtime's
+    ``MinMaxCalibrater`` computes them, but streamed: one image at a time through a copy of the
+    graph that outputs only each tensor's minimum and maximum. Memory holds one image's
+    activations and two floats per tensor (ONNX Runtime's calibrator keeps the outputs of every
+    batch, gigabytes of them); the minimum of per-image minima is the minimum over the set,
+    exactly. Images are preprocessed as the weights were trained (``preprocessing``). Returns ONNX
+    Runtime's ``TensorsData``, which ``quantize_static`` reads as its calibration cache. Errors name
+    ``source_path`` (default ``model_path``), the user's file.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    source_path = source_path or model_path
+    model = onnx.load(model_path, load_external_data=False)
+    names = tensors_to_calibrate(model)
+    index = {name: i for i, name in enumerate(names)}
+    nodes = list(model.graph.node)
+
+    def ranged(tensors) -> list:  # each tensor's ReduceMin and ReduceMax, run as soon as it exists
+        return [
+            helper.make_node(op, [name], [f"{name}__{op}"], name=f"resnet50_range_{op}_{index[name]}", keepdims=0)
+            for name in tensors
+            if name in index
+            for op in ("ReduceMin", "ReduceMax")
+        ]
+
+    del model.graph.node[:]
+    model.graph.node.extend(ranged(i.name for i in model.graph.input))
+    for node in nodes:
+        model.graph.node.extend([node, *ranged(node.output)])
+    del model.graph.output[:]
+    for name in names:
+        for op in ("ReduceMin", "ReduceMax"):
+            model.graph.output.append(helper.make_tensor_value_info(f"{name}__{op}", onnx.TensorProto.FLOAT, []))
+    augmented = model_path.with_name("calibrate.onnx")
+    onnx.save(model, augmented)  # beside model.onnx: the same weights.data
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a failure becomes our error, naming the source file
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as ONNX Runtime calibrates
+    options.enable_mem_pattern = False  # a memory plan for the whole graph would hold every activation at once
+    session = ort.InferenceSession(os.fspath(augmented), options, providers=["CPUExecutionProvider"])
+    lows = np.full(len(names), np.inf, np.float32)
+    highs = np.full(len(names), -np.inf, np.float32)
+    for image in images:
+        tensor = preprocess([image], preprocessing=preprocessing)[0]
+        try:
+            outputs = session.run(None, {INPUT_NAME: tensor})
+        except Exception as exc:  # a weight of the wrong shape fails only when run
+            raise ModelFileError(f"{source_path}: ONNX Runtime cannot run this model: {first_line(exc)}") from None
+        np.minimum(lows, np.asarray(outputs[0::2], np.float32), out=lows)
+        np.maximum(highs, np.asarray(outputs[1::2], np.float32), out=highs)
+        if progress is not None:
+            progress.update()
+    del session
+    ranges = {
+        name: TensorData(lowest=np.array([low], np.float32), highest=np.array([high], np.float32))
+        for name, low, high in zip(names, lows, highs)
+    }
+    return TensorsData(CalibrationMethod.MinMax, ranges)
 
 
 def _name_nodes(model) -> None:
@@ -158,30 +264,48 @@ def quantize(
     preprocessing: Preprocessing = MLPERF_PREPROCESSING,
 ) -> Path:
     """Write the int8 QDQ model of ``source_path`` to ``output_path`` and its ranges beside it,
-    calibrated on images preprocessed as the weights were trained (``preprocessing``)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    calibrated on images preprocessed as the weights were trained (``preprocessing``).
 
-    # load_onnx refuses a file that is not this model before any time is spent on it;
-    # per-channel QuantizeLinear/DequantizeLinear need opset 13.
-    model = _optimized(ensure_opset(load_onnx(source_path), 13), source_path)
-    _name_nodes(model)
+    Takes seconds, once per source and calibration set: said on stderr (a bar on a terminal,
+    see :mod:`resnet50.core.progress`).
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    images = _calibration_images(calibration, count)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(f".{output_path.name}.{os.getpid()}.tmp")
-    quantize_static(
-        model,
-        tmp,
-        _Reader(_calibration_images(calibration, count), preprocessing),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=QUANTIZED_OPS,
-        per_channel=True,
-        reduce_range=not _uses_vnni(),  # without VNNI, u8*s8 pairs can saturate in 16-bit sums
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        calibration_cache_path=ranges_path(output_path),
-        nodes_to_exclude=_after_classifier(model),
-    )
+    tmp_ranges = ranges_path(tmp)
+    what = f"quantizing to int8, calibrated on {len(images)} images (first run only)"
+    with task(what, len(images) + 2) as progress, tempfile.TemporaryDirectory(prefix="resnet50-quantize-") as scratch:
+        progress.stage("optimizing the graph")
+        prepared = _optimized_file(source_path, Path(scratch))
+        progress.update()
+        progress.stage("calibrating")
+        save_tensors_data(calibrate(prepared, images, progress, source_path, preprocessing), tmp_ranges)
+        release_free_memory()
+        progress.stage("quantizing the weights")
+        quantize_static(
+            os.fspath(prepared),
+            tmp,
+            None,  # the ranges come from the calibration cache just written
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            reduce_range=not _uses_vnni(),  # without VNNI, u8*s8 pairs can saturate in 16-bit sums
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=tmp_ranges,
+            nodes_to_exclude=_after_classifier(onnx.load(prepared, load_external_data=False)),
+        )
+        progress.update()
+    release_free_memory()
+    tmp_ranges.replace(ranges_path(output_path))
     tmp.replace(output_path)
     return output_path
 

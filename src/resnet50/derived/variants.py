@@ -11,7 +11,7 @@ from pathlib import Path
 
 from resnet50.core.errors import ModelFileError
 from resnet50.core.registry import ClassLayout, Weights
-from resnet50.derived.files import cached_variant, load_onnx, proto_specs
+from resnet50.derived.files import cached_variant, check_source, load_onnx, proto_specs
 from resnet50.derived.quantize import DEFAULT_CALIBRATION_IMAGES, int8_model, variant_name
 from resnet50.derived.torchvision import convert_checkpoint
 from resnet50.graph.interface import class_count
@@ -38,6 +38,7 @@ def model_file(
     source: ModelSource, precision: str = "fp32", use_native: bool = False, calibration: str | os.PathLike | None = None
 ) -> Path:
     """The file to run for this source, precision and postprocessing choice."""
+    check_source(source)  # a user's file that ONNX Runtime cannot run is refused by its name, first
     if precision in ("fp32", "bf16", "fp16"):  # the backend's execution precision of the fp32 file
         base, name = fp32_file(source), "fp32"
     elif precision == "int8":

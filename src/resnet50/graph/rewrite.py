@@ -19,21 +19,24 @@ from resnet50.core.registry import MLPERF_CLASSES, MLPERF_PREPROCESSING, ClassLa
 from resnet50.graph.spec import OPSET
 
 
-def _opset(model) -> int:
+def opset_of(model) -> int:
+    """The default-domain opset an ONNX model imports."""
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def ensure_opset(model, minimum: int = OPSET):
     """``model`` at opset ``minimum`` or newer (upgrades the MLPerf opset-8 file, for example)."""
 
-    if _opset(model) >= minimum:
+    if opset_of(model) >= minimum:
         return model
     from onnx import version_converter
 
     try:
         return version_converter.convert_version(model, minimum)
     except Exception as exc:  # the converter raises bare RuntimeErrors
-        raise ModelFileError(f"model uses opset {_opset(model)} and could not be upgraded to {minimum}: {exc}") from exc
+        raise ModelFileError(
+            f"model uses opset {opset_of(model)} and could not be upgraded to {minimum}: {exc}"
+        ) from exc
 
 
 def node_attributes(node) -> dict:

@@ -80,13 +80,8 @@ def weight_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]:
 class _GraphWriter:
     """Collects nodes and initializers while the network is laid out."""
 
-    def __init__(self, weights: dict[str, np.ndarray]):
-        from onnx import numpy_helper
-
+    def __init__(self):
         self.nodes: list = []
-        self.initializers = [
-            numpy_helper.from_array(np.ascontiguousarray(a, np.float32), n) for n, a in weights.items()
-        ]
 
     def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
         from onnx import helper
@@ -110,7 +105,7 @@ class _GraphWriter:
 def build_model(weights: dict[str, np.ndarray], *, opset: int = OPSET, metadata: dict[str, str] | None = None):
     """The ResNet50 v1.5 ``onnx.ModelProto`` with the MLPerf interface and these weights
     (as many classes as ``fc.weight`` has rows: 1001 for MLPerf's layout, 1000 for torchvision's)."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     fc = weights.get("fc.weight")
     num_classes = fc.shape[0] if fc is not None and fc.ndim == 2 else NUM_CLASSES
@@ -121,7 +116,7 @@ def build_model(weights: dict[str, np.ndarray], *, opset: int = OPSET, metadata:
         if tuple(weights[name].shape) != shape:
             raise ValueError(f"weight {name} has shape {weights[name].shape}, expected {shape}")
 
-    g = _GraphWriter(weights)
+    g = _GraphWriter()
     specs = iter(conv_specs())
     x = g.conv(next(specs), INPUT_NAME)
     x = g.node("MaxPool", [x], "pool1", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
@@ -147,22 +142,27 @@ def build_model(weights: dict[str, np.ndarray], *, opset: int = OPSET, metadata:
             helper.make_tensor_value_info(ARGMAX_OUTPUT, TensorProto.INT64, ["N"]),
             helper.make_tensor_value_info(SOFTMAX_OUTPUT, TensorProto.FLOAT, ["N", num_classes]),
         ],
-        initializer=g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="resnet50")
+    # Added to the model itself, one at a time: make_graph and make_model each copy what they are given.
+    for name, array in weights.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
     model.ir_version = 6 if opset < 13 else 7
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value)
     return model
 
 
-def features_model(model):
-    """A copy of ``model`` whose only output is the pooled 2048-d feature (``flatten``)."""
+def features_model(model, copy: bool = True):
+    """A copy of ``model`` (or, ``copy=False``, ``model`` itself) whose only output is the pooled
+    2048-d feature (``flatten``)."""
     import onnx
     from onnx import TensorProto, helper
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     del out.graph.output[:]
     out.graph.output.append(helper.make_tensor_value_info("flatten", TensorProto.FLOAT, ["N", FEATURES]))
     return out

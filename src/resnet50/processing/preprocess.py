@@ -19,14 +19,16 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from resnet50.core.constants import INPUT_SIZE
-from resnet50.core.errors import ImageDecodeError, InputNotFoundError, InvalidInputError, first_line
+from resnet50.core.errors import ImageDecodeError, InvalidInputError, first_line
+from resnet50.core.files import read_file
+from resnet50.core.quiet import quiet_native
 from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
+from resnet50.processing.headers import declared_size, format_name
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Any
 
@@ -57,16 +59,12 @@ def _is_pil(image: Any) -> bool:
     return type(image).__module__.startswith("PIL.") and hasattr(image, "convert")
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file, or :class:`InputNotFoundError` naming it."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{os.fspath(path)}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{os.fspath(path)}: is a directory, not an image") from None
-    except PermissionError:
-        raise InvalidInputError(f"{os.fspath(path)}: permission denied") from None
+def read_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of an image file of at most ``max_bytes`` (default
+    :data:`resnet50.core.files.DEFAULT_MAX_FILE_MB`), or an error naming it:
+    :class:`InputNotFoundError` when absent, :class:`InvalidInputError` for a folder, FIFO, device,
+    socket, symlink loop, unreadable or oversized file (special files are never opened)."""
+    return read_file(path, max_bytes, "an image")
 
 
 def _check_complete(data: bytes, source: str) -> None:
@@ -84,10 +82,32 @@ def _check_complete(data: bytes, source: str) -> None:
         raise ImageDecodeError(f"{source}: truncated BMP (file shorter than its header says)")
 
 
+#: Most pixels an image may declare before it is decoded (like Pillow's ``Image.MAX_IMAGE_PIXELS``;
+#: the server's --max-megapixels default). Set it higher for bigger photos, None for no limit.
+MAX_IMAGE_PIXELS: int | None = 100_000_000
+
+
+def _check_declared_size(data: bytes, source: str) -> None:
+    """Refuse a header that declares no pixels or more than :data:`MAX_IMAGE_PIXELS`, before decoding."""
+    size = declared_size(data)
+    if size is None:
+        return
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{source}: {format_name(data)} header declares a {width}x{height} image")
+    if MAX_IMAGE_PIXELS is not None and width * height > MAX_IMAGE_PIXELS:
+        raise InvalidInputError(
+            f"{source}: {format_name(data)} header declares {width}x{height} ({width * height / 1e6:.1f} "
+            f"megapixels); at most {MAX_IMAGE_PIXELS / 1e6:g} megapixels are decoded"
+        )
+
+
 def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes like ``cv2.imread(path, IMREAD_COLOR)``: BGR uint8 HxWx3.
 
-    Gray is expanded, alpha dropped, 16-bit reduced to 8, EXIF orientation applied.
+    Gray is expanded, alpha dropped, 16-bit reduced to 8, EXIF orientation applied. The decoders'
+    own messages are silenced (:func:`resnet50.core.quiet.quiet_native`); a failure is one
+    :class:`ImageDecodeError` naming ``source``.
     """
     import cv2
 
@@ -95,12 +115,16 @@ def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.
     if not data:
         raise ImageDecodeError(f"{source}: empty input, not an image")
     _check_complete(data, source)
+    _check_declared_size(data, source)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        with quiet_native():
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:  # OpenCV raises on some headers, e.g. more pixels than CV_IO_MAX_IMAGE_PIXELS
         raise ImageDecodeError(f"{source}: not a decodable image ({exc.err or 'OpenCV error'})") from None
     if image is None:
-        raise ImageDecodeError(f"{source}: not a decodable image (JPEG, PNG, BMP, WebP, TIFF ...)")
+        kind = format_name(data)
+        what = f"corrupt {kind} data" if kind else "JPEG, PNG, BMP, WebP, TIFF ..."
+        raise ImageDecodeError(f"{source}: not a decodable image ({what})")
     return image
 
 
@@ -198,6 +222,7 @@ def to_pil_rgb(image: ImageInput, source: str | None = None):
         if not data:
             raise ImageDecodeError(f"{source}: empty input, not an image")
         _check_complete(data, source)
+        _check_declared_size(data, source)
         try:
             with Image.open(io.BytesIO(data)) as opened:
                 return opened.convert("RGB")

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from resnet50.core.errors import first_line  # noqa: F401  (backends import it from here)
 from resnet50.graph.interface import TensorSpec
 
 

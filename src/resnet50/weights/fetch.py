@@ -1,4 +1,4 @@
-"""Download a registry entry's weights file: progress, timeout, resume, checksum check, atomic move."""
+"""Download a registry entry's weights file: progress, timeout, resume, size cap, checksum check, atomic move."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from resnet50.core.registry import Weights
 from resnet50.weights.source import fetched_path
 
 _CHUNK = 1 << 20
+#: Most bytes a weights download may grow to: every registry file is ~98 MB (102 million bytes).
+MAX_DOWNLOAD_BYTES = 112 << 20
+_MODEL_LIMIT = "the {:,} bytes a weights file may have (the registry's files are about 100 MB)"
 
 
 def _md5_of(path: Path) -> str:
@@ -60,13 +63,16 @@ def fetch(
     dest: str | os.PathLike | None = None,
     timeout: float = 30.0,
     progress: bool | None = None,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
     """Download a registry entry's file into the cache (or ``dest``) and verify it.
 
     A partial download (``dest.part``) is resumed with an HTTP range request when the
     server supports it, else restarted. The file only appears at ``dest`` once its checksum
     (md5, or the sha256 prefix torchvision names its files by) matches. ``url`` (or
-    ``$RESNET50_MODEL_URL``) points at a mirror.
+    ``$RESNET50_MODEL_URL``) points at a mirror. A server that announces or sends more than
+    ``max_bytes`` (or more than its Content-Length) is cut off and the partial file deleted:
+    nothing unbounded is written before the checksum can refuse it.
     """
     entry = registry.get(weights)
     if entry.file is None:
@@ -83,7 +89,9 @@ def fetch(
     if progress is None:
         progress = sys.stderr.isatty()
     try:
-        _download(url, part, timeout, progress, entry.file.filename)
+        _download(url, part, timeout, progress, entry.file.filename, max_bytes)
+    except DownloadError:
+        raise
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise DownloadError(
@@ -98,7 +106,12 @@ def fetch(
     return dest
 
 
-def _download(url: str, part: Path, timeout: float, progress: bool, name: str) -> None:
+def _too_big(url: str, part: Path, what: str) -> DownloadError:
+    part.unlink(missing_ok=True)
+    return DownloadError(f"{url}: {what}; stopped and deleted the partial download. Is the URL right?")
+
+
+def _download(url: str, part: Path, timeout: float, progress: bool, name: str, max_bytes: int) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "resnet50-fetch"})
     if have:
@@ -113,9 +126,21 @@ def _download(url: str, part: Path, timeout: float, progress: bool, name: str) -
         resumed = have and response.status == 206
         mode = "ab" if resumed else "wb"
         length = response.headers.get("Content-Length")
-        total = (int(length) + (have if resumed else 0)) if length else None
-        with open(part, mode) as out, _progress(total, have if resumed else 0, progress, name) as bar:
+        start = have if resumed else 0
+        total = (int(length) + start) if length and length.isdigit() else None
+        if total is not None and total > max_bytes:
+            announced = f"the server announces {total:,} bytes, more than {_MODEL_LIMIT.format(max_bytes)}"
+            raise _too_big(url, part, announced)
+        limit = min(max_bytes, total) if total is not None else max_bytes
+        written = start
+        with open(part, mode) as out, _progress(total, start, progress, name) as bar:
             while chunk := response.read(_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    out.close()
+                    if limit == total:
+                        raise _too_big(url, part, f"the server sent more than the {total:,} bytes it announced")
+                    raise _too_big(url, part, f"the download grew past {_MODEL_LIMIT.format(max_bytes)}")
                 out.write(chunk)
                 bar.update(len(chunk))
         if total is not None and part.stat().st_size < total:

@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from resnet50.apps.batch.inputs import list_inputs
-from resnet50.apps.batch.rows import schema
+from resnet50.apps.batch.inputs import list_sources
+from resnet50.apps.batch.rows import import_pyarrow, make_row, schema
 from resnet50.apps.batch.writers import RowWriter, check_output, done_paths, drop_error_rows
 from resnet50.core.errors import InvalidInputError
+from resnet50.core.files import max_file_bytes
 
 ENGINES = ("local", "ray")
 
@@ -43,15 +44,20 @@ class BatchSummary:
         return {**asdict(self), "rows": self.rows, "images_per_second": round(self.images_per_second, 2)}
 
 
-def _check(engine: str, batch_size: int, top_k: int, ray_options: dict) -> None:
+def _check(engine: str, batch_size: int, top_k: int, ray_options: dict, max_file_mb: float | None) -> None:
     if engine not in ENGINES:
         raise InvalidInputError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    max_file_bytes(max_file_mb)
     if engine == "local" and ray_options:
         raise InvalidInputError(f"options {', '.join(ray_options)} are for engine='ray' only")
     if batch_size < 1:
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
     if not 1 <= top_k <= 1000:
         raise InvalidInputError(f"top_k must be in 1..1000, got {top_k}")
+    if engine == "ray":  # the extra is checked before anything is read, loaded or written
+        from resnet50.apps.batch.ray_engine import import_ray
+
+        import_ray()
 
 
 def _load(model, load: dict):
@@ -63,16 +69,20 @@ def _load(model, load: dict):
     return ResNet50.load(model=model, **load)
 
 
-def _tables(paths: list[str], model, *, engine: str, batch_size: int, top_k: int, load: dict, ray_options: dict):
+def _chunks(
+    paths: list[str], model, *, engine: str, batch_size: int, top_k: int, load: dict, ray_options: dict, max_file_mb
+):
+    """Lists of result row dicts, in input order."""
     if engine == "local":
-        from resnet50.apps.batch.local import iter_tables
+        from resnet50.apps.batch.local import iter_chunks
 
-        return iter_tables(model, paths, batch_size=batch_size, top_k=top_k)
+        return iter_chunks(model, paths, batch_size=batch_size, top_k=top_k, max_file_mb=max_file_mb)
     from resnet50.apps.batch import ray_engine  # heavy: ray
 
-    return ray_engine.iter_tables(
-        _ray_dataset(paths, model, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
+    dataset = _ray_dataset(
+        paths, model, batch_size=batch_size, top_k=top_k, load=load, max_file_mb=max_file_mb, **ray_options
     )
+    return (table.to_pylist() for table in ray_engine.iter_tables(dataset))
 
 
 def _ray_dataset(
@@ -82,6 +92,7 @@ def _ray_dataset(
     batch_size: int,
     top_k: int,
     load: dict,
+    max_file_mb=None,
     address=None,
     num_workers=None,
     cpus_per_worker=1.0,
@@ -113,6 +124,7 @@ def _ray_dataset(
         cpus_per_worker=cpus_per_worker,
         max_restarts=max_restarts,
         preserve_order=preserve_order,
+        max_file_mb=max_file_mb,
         **options,
     )
 
@@ -165,6 +177,7 @@ def classify_dataset(
     batch_size: int = 8,
     top_k: int = 5,
     path_column: str = "path",
+    max_file_mb: float | None = None,
     **ray_options,
 ):
     """Classify every image ``source`` names; return the rows.
@@ -172,19 +185,32 @@ def classify_dataset(
     ``engine="local"`` gives a ``pyarrow.Table`` (``.to_pandas()`` for pandas) in input order;
     ``engine="ray"`` gives a lazy ``ray.data.Dataset`` (connects to ``address`` or starts a
     local Ray; ``num_workers`` model actors of ``cpus_per_worker`` CPUs each). ``model`` is a
-    loaded :class:`~resnet50.ResNet50`, a model file, or None for the default.
+    loaded :class:`~resnet50.ResNet50`, a model file, or None for the default. Both need
+    ``pyarrow`` (the ``parquet`` extra; :func:`run_batch` writes CSV and JSONL without it).
     """
-    _check(engine, batch_size, top_k, ray_options)
-    paths = list_inputs(source, path_column)
+    _check(engine, batch_size, top_k, ray_options, max_file_mb)
+    pa = import_pyarrow("classify_dataset (it returns a pyarrow.Table)")
+    paths, problems = list_sources(source, path_column)
     loaded, load = _model_and_options(
         model, weights, labels, precision, device, use_native, threads, backend, calibration
     )
     if engine == "ray":
-        return _ray_dataset(paths, loaded, batch_size=batch_size, top_k=top_k, load=load, **ray_options)
-    import pyarrow as pa
-
-    tables = list(_tables(paths, loaded, engine="local", batch_size=batch_size, top_k=top_k, load=load, ray_options={}))
-    return pa.concat_tables(tables) if tables else schema().empty_table()
+        return _ray_dataset(
+            paths, loaded, batch_size=batch_size, top_k=top_k, load=load, max_file_mb=max_file_mb, **ray_options
+        )
+    rows = [make_row(path, None, message, loaded.weights) for path, message in problems]
+    for chunk in _chunks(
+        paths,
+        loaded,
+        engine="local",
+        batch_size=batch_size,
+        top_k=top_k,
+        load=load,
+        ray_options={},
+        max_file_mb=max_file_mb,
+    ):
+        rows += chunk
+    return pa.Table.from_pylist(rows, schema=schema())
 
 
 def run_batch(
@@ -208,6 +234,7 @@ def run_batch(
     top_k: int = 5,
     path_column: str = "path",
     progress: bool = False,
+    max_file_mb: float | None = None,
     **ray_options,
 ) -> BatchSummary:
     """Classify every image ``source`` names into ``output`` (.parquet, .csv or .jsonl), streaming.
@@ -215,14 +242,19 @@ def run_batch(
     ``resume=True`` keeps the rows already in ``output`` and classifies only the other paths;
     with ``retry_errors=True`` it also removes the error rows and classifies those paths again
     (after the files were fixed). ``progress=True`` shows a bar with images/s and ETA on stderr.
+    Image files over ``max_file_mb`` (default 64), special files (FIFOs, devices), symlink loops
+    and subfolders that cannot be listed get error rows; the job goes on.
+
+    A damaged output given to ``resume`` is refused unchanged; an extra that the output format or
+    engine needs (``parquet``, ``ray``) is checked before anything is written.
     """
     from tqdm import tqdm
 
-    _check(engine, batch_size, top_k, ray_options)
+    _check(engine, batch_size, top_k, ray_options, max_file_mb)
     if retry_errors and not resume:
         raise InvalidInputError("retry_errors (--retry-errors) needs resume (--resume)")
     check_output(output, resume=resume, overwrite=overwrite)
-    paths = list_inputs(source, path_column)
+    paths, problems = list_sources(source, path_column)
     skipped = 0
     if retry_errors:
         drop_error_rows(output)
@@ -231,6 +263,7 @@ def run_batch(
         pending = [p for p in paths if p not in done]
         skipped = len(paths) - len(pending)
         paths = pending
+        problems = [(path, message) for path, message in problems if path not in done]
     loaded, load = _model_and_options(
         model, weights, labels, precision, device, use_native, threads, backend, calibration
     )
@@ -241,8 +274,11 @@ def run_batch(
         RowWriter(output, resume=resume, overwrite=overwrite) as writer,
         tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr, smoothing=0.1) as bar,
     ):
+        if problems:  # folders that could not be listed: a row each, so the output says so
+            writer.write([make_row(path, None, message, loaded.weights) for path, message in problems])
+            errors += len(problems)
         if paths:
-            tables = _tables(
+            chunks = _chunks(
                 paths,
                 loaded,
                 engine=engine,
@@ -250,19 +286,20 @@ def run_batch(
                 top_k=top_k,
                 load=load,
                 ray_options=ray_options,
+                max_file_mb=max_file_mb,
             )
-            for table in tables:
-                writer.write(table)
-                bad = sum(1 for e in table.column("error").to_pylist() if e)
+            for rows in chunks:
+                writer.write(rows)
+                bad = sum(1 for row in rows if row["error"])
                 errors += bad
-                classified += table.num_rows - bad
-                bar.update(table.num_rows)
+                classified += len(rows) - bad
+                bar.update(len(rows))
     return BatchSummary(
         os.fspath(output),
         engine,
         loaded.weights,
         loaded.precision,
-        len(paths) + skipped,
+        len(paths) + len(problems) + skipped,
         skipped,
         classified,
         errors,

@@ -15,8 +15,9 @@ import numpy as np
 from resnet50.apps.batch.rows import make_rows, schema
 from resnet50.core.constants import INPUT_SIZE
 from resnet50.core.errors import BackendUnavailableError, ModelFileError, ResNet50Error
+from resnet50.core.files import max_file_bytes
 from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
-from resnet50.processing.preprocess import PreprocessContext, preprocess_one
+from resnet50.processing.preprocess import PreprocessContext, preprocess_one, read_bytes
 
 DECODE_WORKER_MEMORY = 160 << 20  # a Ray worker with numpy, OpenCV and pyarrow loaded
 DECODE_MEMORY = 4 << 20  # bytes a decode task may hold per image
@@ -67,8 +68,11 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def decode_batch(batch: dict, preprocessing: Preprocessing = MLPERF_PREPROCESSING) -> dict:
-    """Paths → uint8 RGB crops (CPU task). A bad image keeps its row with an error and a zero crop."""
+def decode_batch(
+    batch: dict, preprocessing: Preprocessing = MLPERF_PREPROCESSING, max_bytes: int | None = None
+) -> dict:
+    """Paths → uint8 RGB crops (CPU task). A bad image keeps its row with an error and a zero crop;
+    files over ``max_bytes`` and special files are refused unread."""
     paths = [str(p) for p in batch["path"]]
     crops = np.zeros((len(paths), 3, INPUT_SIZE, INPUT_SIZE), np.uint8)
     heights = np.zeros(len(paths), np.int32)
@@ -76,7 +80,8 @@ def decode_batch(batch: dict, preprocessing: Preprocessing = MLPERF_PREPROCESSIN
     errors = []
     for i, path in enumerate(paths):
         try:
-            crops[i], (heights[i], widths[i]) = preprocess_one(path, preprocessing=preprocessing)
+            data = read_bytes(path, max_bytes)
+            crops[i], (heights[i], widths[i]) = preprocess_one(data, path, preprocessing=preprocessing)
             errors.append("")
         except ResNet50Error as exc:
             errors.append(str(exc))
@@ -144,6 +149,7 @@ def build_dataset(
     max_restarts: int | None = None,
     preserve_order: bool = True,
     actor_class: type = RayClassifier,
+    max_file_mb: float | None = None,
 ):
     """A lazy Ray Dataset of result rows for ``paths`` (runs when consumed or written).
 
@@ -162,7 +168,7 @@ def build_dataset(
     # decoding runs in parallel tasks and overlaps inference.
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={"preprocessing": preprocessing},
+        fn_kwargs={"preprocessing": preprocessing, "max_bytes": max_file_bytes(max_file_mb)},
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=1,

@@ -2,21 +2,28 @@
 
 Both engines build rows with :func:`make_rows`, so a local and a Ray run of the same images
 give the same values. Bad images keep their row: ``error`` says why, the result columns
-are null.
+are null. Rows are plain dicts; only Parquet and Ray need them as Arrow tables (``pyarrow``,
+the ``parquet`` extra).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from resnet50.core.extras import require
 from resnet50.processing.postprocess import Classification
 
 COLUMNS = ("path", "class_id", "label", "score", "top_k_ids", "top_k_scores", "error", "weights")
 
 
+def import_pyarrow(what: str = "Parquet files", module: str = "pyarrow"):
+    """``pyarrow`` (or its ``module``, e.g. ``pyarrow.parquet``), or one line naming the extra that installs it."""
+    return require(module, "parquet", what)
+
+
 def schema():
     """The Arrow schema of result rows (explicit, so all-error chunks keep their types)."""
-    import pyarrow as pa
+    pa = import_pyarrow()
 
     return pa.schema(
         [
@@ -70,6 +77,6 @@ def make_rows(
 
 def to_table(rows: list[dict]):
     """Rows → a ``pyarrow.Table`` of :func:`schema`."""
-    import pyarrow as pa
+    pa = import_pyarrow()
 
     return pa.Table.from_pylist(rows, schema=schema())

@@ -15,8 +15,9 @@ import shutil
 import time
 from pathlib import Path
 
-from resnet50.apps.batch.rows import COLUMNS, schema
-from resnet50.core.errors import InvalidInputError
+from resnet50.apps.batch.rows import COLUMNS, import_pyarrow, schema, to_table
+from resnet50.core.errors import InvalidInputError, first_line
+from resnet50.core.files import regular_file
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _LIST_COLUMNS = ("top_k_ids", "top_k_scores")
@@ -41,26 +42,81 @@ def _parquet_files(path: Path) -> list[Path]:
 
 
 def done_paths(path: str | os.PathLike) -> set[str]:
-    """Paths that already have a row in the output (and, for Parquet, in leftover parts)."""
+    """Paths that already have a row in the output (and, for Parquet, in leftover parts).
+
+    A damaged or foreign output (bad JSON line, CSV without our header, unreadable Parquet) is an
+    :class:`InvalidInputError` naming it, and nothing is changed: the file stays byte-identical.
+    A half-written last line (a killed run) is ignored here and cut when writing resumes.
+    """
     path = Path(path)
     kind = output_format(path)
-    done: set[str] = set()
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
+        pq = import_pyarrow("resuming a .parquet output", "pyarrow.parquet")
+        done: set[str] = set()
         for file in _parquet_files(path):
-            for batch in pq.ParquetFile(file).iter_batches(columns=["path"]):
-                done.update(batch.column(0).to_pylist())
+            regular_file(file, "a results file")
+            try:
+                table = pq.ParquetFile(file)
+                if table.schema_arrow.names != list(COLUMNS):
+                    raise _foreign(file, f"its columns are {', '.join(table.schema_arrow.names)}")
+                for batch in table.iter_batches(columns=["path"]):
+                    done.update(batch.column(0).to_pylist())
+            except InvalidInputError:
+                raise
+            except Exception as exc:  # pyarrow raises ArrowInvalid, OSError ...
+                raise _foreign(file, f"not a readable Parquet file ({first_line(exc)})") from None
         return done
+    return {row[0] for row in _text_rows(path, kind)}
+
+
+def _foreign(path: Path, why: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"{path}: cannot resume it: {why}; it is not a results file of resnet50 batch, or it is damaged "
+        "(left as it is; use another --output, or --overwrite to replace it)"
+    )
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The text of a CSV/JSONL output up to its last newline (a killed run's partial line left out)."""
+    regular_file(path, "a results file")
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+    try:
+        return data.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as exc:
+        raise _foreign(path, f"byte {exc.start} is not UTF-8") from None
+
+
+def _text_rows(path: Path, kind: str) -> list[list]:
+    """Every complete row of a CSV/JSONL output as a list in :data:`COLUMNS` order, checked."""
     if not path.exists():
-        return done
-    _drop_partial_line(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        if kind == "csv":
-            done.update(row["path"] for row in csv.DictReader(f))
-        else:
-            done.update(json.loads(line)["path"] for line in f if line.strip())
-    return done
+        return []
+    lines = _complete_lines(path)
+    rows: list[list] = []
+    if kind == "csv":
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            return rows
+        if header != list(COLUMNS):
+            raise _foreign(path, f"its header is {','.join(header)!r}, not {','.join(COLUMNS)!r}")
+        for number, row in enumerate(reader, 2):
+            if len(row) != len(COLUMNS) or not row[0]:
+                raise _foreign(path, f"row {number} has {len(row)} fields, not {len(COLUMNS)}")
+            rows.append(row)
+        return rows
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise _foreign(path, f"line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("path"), str) or set(row) != set(COLUMNS):
+            raise _foreign(path, f"line {number} is not a result row")
+        rows.append([row[c] for c in COLUMNS])
+    return rows
 
 
 def drop_error_rows(path: str | os.PathLike) -> int:
@@ -69,8 +125,10 @@ def drop_error_rows(path: str | os.PathLike) -> int:
     atomically, so an interruption leaves either the old or the new rows."""
     path = Path(path)
     kind = output_format(path)
+    done_paths(path)  # a damaged output is refused before anything is rewritten
     removed = 0
     if kind == "parquet":
+        import_pyarrow("resuming a .parquet output")
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
@@ -128,17 +186,23 @@ def _drop_partial_line(path: Path) -> None:
 def check_output(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse an output that cannot be written, before any work starts (and before anything is deleted)."""
     path = Path(path)
-    output_format(path)
+    kind = output_format(path)
+    if kind == "parquet":
+        import_pyarrow("writing .parquet")  # before any work, and before anything is written
     if not path.parent.is_dir():
         raise InvalidInputError(f"{path}: folder {path.parent} does not exist")
+    if os.path.lexists(path):
+        regular_file(path, "a results file")  # a FIFO, device or folder is never opened or replaced
     leftovers = parts_dir(path)
     if not resume and not overwrite and (path.exists() or leftovers.exists()):
         what = "an interrupted run's parts of it exist" if leftovers.exists() else "it exists"
         raise InvalidInputError(f"{path}: {what}; use --resume to continue it or --overwrite to replace it")
+    if resume:
+        done_paths(path)  # a damaged output is refused now, untouched, before the model loads
 
 
 class RowWriter:
-    """Append result chunks (``pyarrow.Table`` of :func:`rows.schema`) to ``path``.
+    """Append result chunks (lists of :func:`rows.make_row` dicts) to ``path``.
 
     ``resume=False`` refuses an existing output unless ``overwrite``, so finished work is never
     replaced by accident.
@@ -172,16 +236,18 @@ class RowWriter:
                     self._csv.writerow(COLUMNS)
                     self._file.flush()
 
-    def write(self, table) -> None:
-        """Write one chunk of rows (kept in memory only until the next part file for Parquet)."""
-        self.rows_written += table.num_rows
+    def write(self, rows) -> None:
+        """Write one chunk: a list of row dicts, or a ``pyarrow.Table`` of :func:`rows.schema`
+        (kept in memory only until the next part file for Parquet)."""
+        is_table = hasattr(rows, "to_pylist")
+        self.rows_written += rows.num_rows if is_table else len(rows)
         if self.kind == "parquet":
-            self._pending.append(table)
-            self._pending_rows += table.num_rows
+            self._pending.append(rows if is_table else to_table(rows))
+            self._pending_rows += self._pending[-1].num_rows
             if self._pending_rows >= self.flush_rows or time.monotonic() - self._last_flush > 30:
                 self._flush_part()
             return
-        for row in table.to_pylist():
+        for row in rows.to_pylist() if is_table else rows:
             if self.kind == "csv":
                 self._csv.writerow([json.dumps(row[c]) if c in _LIST_COLUMNS else row[c] for c in COLUMNS])
             else:
