@@ -14,6 +14,9 @@ same compute as MLPerf's), so the ratios hold on any machine:
 4. ``open_local`` (with ``--also-local-rate``): the same at ``--load`` x the local baseline,
    the stricter reading of the goal.
 
+With ``--ray`` (and ``--ray-fault``), the same images go to ``resnet50 serve --engine ray`` too:
+see ``load_ray.py``.
+
 Each open-loop result also carries ``floor``: the p50/p90/p99 that an ideal server (zero
 overhead, FIFO, the batcher's rules, as many model streams) would reach on that very arrival
 schedule with the model's own per-batch run times, measured here in isolation. It shows how
@@ -73,7 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="server decode threads (default: the server's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "load_test.json")
+    import load_ray  # the Ray Serve mode (--ray)
+
+    load_ray.add_args(p)
     args = p.parse_args(argv)
+    if args.ray_fault and not args.ray:
+        p.error("--ray-fault needs --ray")
     from resnet50.apps.serve.run import serving_defaults
 
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads)
@@ -203,8 +211,8 @@ def use_uvloop() -> None:
 class Server:
     """``resnet50 serve`` on 127.0.0.1 and a free port, stderr in a temp file."""
 
-    def __init__(self, args, log_dir: Path):
-        cmd = [sys.executable, "-m", "resnet50", "serve", "--host", "127.0.0.1", "--port", "0"]
+    def __init__(self, args, log_dir: Path, extra: tuple[str, ...] = ()):
+        cmd = [sys.executable, "-m", "resnet50", "serve", "--host", "127.0.0.1", "--port", "0", *extra]
         cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
@@ -491,6 +499,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    import load_ray
+
     args = parse_args(argv)
     from resnet50.core.cache import cache_dir
     from resnet50.core.samples import write_jpegs
@@ -504,6 +514,7 @@ def main(argv=None) -> int:
     use_uvloop()
     with tempfile.TemporaryDirectory() as tmp:
         served = asyncio.run(serve_and_load(args, bodies, base, Path(tmp)))
+        ray = asyncio.run(load_ray.load_ray(args, bodies, Path(tmp))) if args.ray else None
     closed = served["closed"]
     ratio = closed["images_per_s"] / base["images_per_s"]
     goals = {"closed_ratio_at_least_0.8": ratio >= GOAL_RATIO, "open_at_least_60s": args.duration >= 60}
@@ -512,6 +523,8 @@ def main(argv=None) -> int:
             run = served[name]
             goals[f"{name}_p99_at_most_60ms"] = run["p99_ms"] is not None and run["p99_ms"] <= GOAL_P99_MS
             goals[f"{name}_zero_errors_and_lost"] = run["error"] == 0 and run["lost"] == 0
+    if args.ray:
+        goals.update(load_ray.goals(ray, closed))
     result = {
         "benchmark": "load_test",
         "weights": base["weights"],
@@ -524,12 +537,15 @@ def main(argv=None) -> int:
         "baseline": base,
         "ratio": round(ratio, 3),
         **{k: v for k, v in served.items() if k != "server_url"},
+        **({"ray_serve": ray} if args.ray else {}),
         "goals": goals,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     png = args.out.with_suffix(".png")
     plot(result, png)
+    if args.ray:
+        load_ray.plot(result, args.out.with_name(f"{args.out.stem}_ray.png"))
     summary = {
         "weights": result["weights"],
         "baseline_images_per_s": round(base["images_per_s"], 2),
@@ -538,6 +554,7 @@ def main(argv=None) -> int:
         "closed": closed,
         "ratio": result["ratio"],
         **{name: {k: v for k, v in served[name].items() if k != "timeline"} for name in OPEN_RUNS if name in served},
+        **({"ray_serve": load_ray.summary(ray)} if args.ray else {}),
         "goals": goals,
         "server_exit_code": served["server_exit_code"],
         "json": str(args.out),
