@@ -2,16 +2,20 @@
 
 Two measurements against a local Ray with ``--ray-replicas`` x ``--ray-threads`` (default 2 x 1):
 
-1. ``closed``: the same closed loop as the single-process server's (``--count`` requests at
-   ``--concurrency``), images/s, and its ratio to that server's (goal >= 0.7);
-2. ``fault`` (with ``--ray-fault``): the closed loop again while one replica is SIGKILLed after
-   ``--fault-after`` s. A 503 (Retry-After) is retried by the client, at most 3 times. Goals:
-   no request without an answer (no timeout, dropped connection or other error) and the
+1. ``rounds``: ``--ray-rounds`` pairs of closed loops (``--count`` requests at ``--concurrency``,
+   the main run's loop) on a fresh single-process server (serve's defaults) and on Ray Serve,
+   both up side by side, the order alternating round by round (ABBA): others' load on these
+   shared cores weighs on both alike. Images/s, the cores each used (and the idle one's), and
+   the ratio Ray / one process per round; goal: median ratio >= 0.7;
+2. ``fault`` (with ``--ray-fault``, the single-process server stopped): the closed loop again
+   while one replica is SIGKILLed after ``--fault-after`` s. A 503 (Retry-After) is retried by
+   the client, at most 3 times. Goals: no accepted request without an answer (no timeout,
+   dropped connection or other error; a refused connection is counted apart) and the
    replacement replica serving within 60 s of the kill. Bounded: the run ends 5 s after the
    replacement first answers, or after ``--fault-max-s``.
 
 Everything is on loopback; the server's whole process tree (Ray included) is stopped with
-SIGTERM at the end. Writes into ``load_test.json`` (key ``ray_serve``) and ``load_test_ray.png``.
+SIGTERM at the end. Writes into the run's JSON (key ``ray_serve``) and ``<out>_ray.png``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import asyncio
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from load_test import Server, closed_loop, percentiles, post, wait_ready
 
@@ -36,6 +43,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray", action="store_true", help="also load resnet50 serve --engine ray (same images)")
     g.add_argument("--ray-replicas", type=int, default=2, help="replicas (default 2)")
     g.add_argument("--ray-threads", type=int, default=1, help="inference threads per replica (default 1)")
+    g.add_argument("--ray-rounds", type=int, default=3, help="paired closed loops, one process vs Ray (3)")
     g.add_argument("--ray-fault", action="store_true", help="also kill a replica under load (needs --ray)")
     g.add_argument("--fault-after", type=float, default=5.0, help="seconds of load before the kill (5)")
     g.add_argument("--fault-max-s", type=float, default=120.0, help="longest fault run, s (120)")
@@ -68,12 +76,18 @@ async def replica_pids(client, rounds: int = 40) -> dict[str, int]:
 
 async def classify_retrying(client, body: bytes, timeout: float) -> tuple[str, str | None, int, int]:
     """One request, resent after a 503's Retry-After (at most MAX_RETRIES times):
-    (outcome "ok" | "unavailable" | "error" | "lost", replica, attempts, 503s seen)."""
+    (outcome "ok" | "unavailable" (503s only) | "error" | "lost" (sent, no answer) | "refused"
+    (no connection: not accepted), replica, attempts, 503s seen)."""
     unavailable = 0
     for attempt in range(1, MAX_RETRIES + 2):
         try:
             response = await asyncio.wait_for(client.post("/v1/classify", body), timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except ConnectionError as exc:  # refused: never reached the server (LoopbackClient says "cannot connect")
+            if "cannot connect" in str(exc):
+                await asyncio.sleep(0.1)
+                return "refused", None, attempt, unavailable
+            return "lost", None, attempt, unavailable
+        except asyncio.TimeoutError:
             return "lost", None, attempt, unavailable
         if response.status_code == 200:
             return "ok", response.headers.get(HEADER), attempt, unavailable
@@ -119,7 +133,7 @@ async def fault_run(client, bodies: list[bytes], args) -> dict:
         print(f"fault: killed replica {victim} (pid {pids[victim]})", file=sys.stderr)
 
     await asyncio.gather(killer(), *(client_loop() for _ in range(args.concurrency)))
-    outcomes = {k: sum(r[2] == k for r in records) for k in ("ok", "unavailable", "error", "lost")}
+    outcomes = {k: sum(r[2] == k for r in records) for k in ("ok", "unavailable", "error", "lost", "refused")}
     replacement_s = state["replacement"] - state["killed"] if state["replacement"] else None
     return {
         "concurrency": args.concurrency,
@@ -151,37 +165,67 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+async def paired_rounds(single, ray, bodies: list[bytes], args) -> list[dict]:
+    """Closed loops on both servers, alternating which goes first (ABBA), so that the other
+    people's load on these shared cores weighs on both alike; the idle one's CPU is recorded."""
+    rounds = []
+    for r in range(args.ray_rounds):
+        order = [("single", single), ("ray", ray)]
+        result = {}
+        for name, (client, proc) in order if r % 2 == 0 else order[::-1]:
+            other = ray[1] if name == "single" else single[1]
+            print(
+                f"round {r + 1}: {name} closed loop, {args.count} requests at {args.concurrency} ...", file=sys.stderr
+            )
+            cpu0, idle0, wall0 = tree_cpu_seconds(proc.pid), tree_cpu_seconds(other.pid), time.perf_counter()
+            run = await closed_loop(client, bodies, args)
+            wall = time.perf_counter() - wall0
+            run["cores_used"] = round((tree_cpu_seconds(proc.pid) - cpu0) / wall, 3)
+            run["idle_other_cores"] = round((tree_cpu_seconds(other.pid) - idle0) / wall, 3)
+            result[name] = run
+        result["ratio"] = round(result["ray"]["images_per_s"] / result["single"]["images_per_s"], 3)
+        rounds.append(result)
+    return rounds
+
+
 async def load_ray(args, bodies: list[bytes], log_dir: Path) -> dict:
+    """Both servers up side by side (one idle while the other is measured): paired closed loops,
+    then (``--ray-fault``) the fault run with the single-process server stopped."""
     from http_client import LoopbackClient
 
     ray_args = server_args(args)
     extra = ("--engine", "ray", "--replicas", str(args.ray_replicas))
-    server = Server(ray_args, log_dir, extra=extra)
-    client = LoopbackClient(server.url)
-    fault = None
+    (log_dir / "ray").mkdir(exist_ok=True)
+    (log_dir / "single").mkdir(exist_ok=True)
+    ray_server = Server(ray_args, log_dir / "ray", extra=extra)
+    single_server = Server(args, log_dir / "single")
+    ray_client, single_client = LoopbackClient(ray_server.url), LoopbackClient(single_server.url)
+    fault, single_code = None, None
     try:
-        await wait_ready(client)
-        warm = bodies[: 2 * ray_args.max_batch * args.ray_replicas]
-        await asyncio.gather(*(post(client, body, args.timeout) for body in warm))
-        print(f"ray serve closed loop: {args.count} requests at concurrency {args.concurrency} ...", file=sys.stderr)
-        cpu0, wall0 = tree_cpu_seconds(server.proc.pid), time.perf_counter()
-        closed = await closed_loop(client, bodies, args)
-        closed["cores_used"] = round((tree_cpu_seconds(server.proc.pid) - cpu0) / (time.perf_counter() - wall0), 3)
+        for client, batch in ((ray_client, 2 * ray_args.max_batch * args.ray_replicas), (single_client, 16)):
+            await wait_ready(client)
+            await asyncio.gather(*(post(client, body, args.timeout) for body in bodies[:batch]))
+        rounds = await paired_rounds((single_client, single_server.proc), (ray_client, ray_server.proc), bodies, args)
+        await single_client.aclose()
+        single_code = single_server.stop()
         if args.ray_fault:
             print("ray serve fault run ...", file=sys.stderr)
-            fault = await fault_run(client, bodies, args)
+            fault = await fault_run(ray_client, bodies, args)
     finally:
-        await client.aclose()
-        code = server.stop()
-    log = server.log.read_text(errors="replace")
+        await ray_client.aclose()
+        await single_client.aclose()
+        code = ray_server.stop()
+        if single_code is None:
+            single_code = single_server.stop()
     return {
         "replicas": args.ray_replicas,
         "threads_per_replica": args.ray_threads,
         "max_batch_per_replica": ray_args.max_batch,
-        "closed": closed,
+        "rounds": rounds,
+        "ratio_median": round(statistics.median(r["ratio"] for r in rounds), 3),
         **({"fault": fault} if fault else {}),
-        "server_exit_code": code,
-        "server_log_tail": log.strip().splitlines()[-4:],
+        "server_exit_codes": {"ray": code, "single": single_code},
+        "server_log_tail": ray_server.log.read_text(errors="replace").strip().splitlines()[-4:],
     }
 
 
@@ -190,10 +234,8 @@ def summary(ray: dict) -> dict:
     return {**ray, **({"fault": {k: v for k, v in ray["fault"].items() if k != "timeline"}} if "fault" in ray else {})}
 
 
-def goals(ray: dict, single_closed: dict) -> dict:
-    ratio = ray["closed"]["images_per_s"] / single_closed["images_per_s"]
-    ray["ratio_to_single_process"] = round(ratio, 3)
-    out = {"ray_serve_ratio_at_least_0.7": ratio >= GOAL_RATIO}
+def goals(ray: dict) -> dict:
+    out = {"ray_serve_ratio_at_least_0.7": ray["ratio_median"] >= GOAL_RATIO}
     if "fault" in ray:
         fault = ray["fault"]
         out["fault_every_request_answered"] = fault["lost"] == 0 and fault["error"] == 0
@@ -209,17 +251,32 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ray, single = result["ray_serve"], result["closed"]
+    ray = result["ray_serve"]
     fault = ray.get("fault")
-    fig, axes = plt.subplots(1, 2 if fault else 1, figsize=(13 if fault else 5, 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if fault else 1, figsize=(13 if fault else 6, 4.4), squeeze=False)
     ax1 = axes[0][0]
-    names = ["serve\n(one process)", f"serve --engine ray\n{ray['replicas']} x {ray['threads_per_replica']} thread"]
-    bars = ax1.bar(names, [single["images_per_s"], ray["closed"]["images_per_s"]], color=["#3e6ae1", "#f79009"])
-    ax1.bar_label(bars, fmt="%.1f")
-    ax1.axhline(GOAL_RATIO * single["images_per_s"], color="#b42318", ls="--", lw=1, label="0.7 x one process")
+    rounds = ray["rounds"]
+    x = np.arange(len(rounds))
+    single = [r["single"]["images_per_s"] for r in rounds]
+    served = [r["ray"]["images_per_s"] for r in rounds]
+    b1 = ax1.bar(x - 0.2, single, 0.4, color="#3e6ae1", label="serve (one process)")
+    b2 = ax1.bar(
+        x + 0.2,
+        served,
+        0.4,
+        color="#f79009",
+        label=f"--engine ray, {ray['replicas']} x {ray['threads_per_replica']} thread",
+    )
+    ax1.bar_label(b1, fmt="%.0f", fontsize=8)
+    ax1.bar_label(b2, fmt="%.0f", fontsize=8)
+    ax1.scatter(
+        x - 0.2, [GOAL_RATIO * v for v in single], marker="_", s=300, color="#b42318", label="0.7 x one process"
+    )
+    ax1.set_xticks(x, [f"round {i + 1}\nratio {r['ratio']:.2f}" for i, r in enumerate(rounds)])
     ax1.set_ylabel("images/s")
-    ax1.set_title(f"closed loop, concurrency {single['concurrency']} (ratio {ray['ratio_to_single_process']:.2f})")
-    ax1.legend(fontsize=8)
+    concurrency = rounds[0]["single"]["concurrency"]
+    ax1.set_title(f"closed loop, concurrency {concurrency} (median ratio {ray['ratio_median']:.2f})")
+    ax1.legend(fontsize=7, loc="lower right")
     if fault:
         ax2 = axes[0][1]
         colors = {}

@@ -524,7 +524,7 @@ def main(argv=None) -> int:
             goals[f"{name}_p99_at_most_60ms"] = run["p99_ms"] is not None and run["p99_ms"] <= GOAL_P99_MS
             goals[f"{name}_zero_errors_and_lost"] = run["error"] == 0 and run["lost"] == 0
     if args.ray:
-        goals.update(load_ray.goals(ray, closed))
+        goals.update(load_ray.goals(ray))
     result = {
         "benchmark": "load_test",
         "weights": base["weights"],
