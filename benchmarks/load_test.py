@@ -25,6 +25,9 @@ compute as MLPerf's), so the ratios hold on any machine:
 
 ``--modes`` picks the measurements (default: all); ``--duration 0`` skips the open loops.
 
+With ``--ray`` (and ``--ray-fault``), the same images go to ``resnet50 serve --engine ray`` too:
+see ``load_ray.py``.
+
 Each open-loop result also carries ``floor``: the p50/p90/p99 that an ideal server (zero
 overhead, FIFO, the batcher's rules, as many model streams) would reach on that very arrival
 schedule with the model's own per-batch run times, measured here in isolation. It shows how
@@ -95,7 +98,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--protocol-rounds", type=common.positive_int, default=2, help="rounds of the tensor modes, order alternating"
     )
     common.add_out(p, "load_test")
+    import load_ray  # the Ray Serve mode (--ray)
+
+    load_ray.add_args(p)
     args = p.parse_args(argv)
+    if args.ray_fault and not args.ray:
+        p.error("--ray-fault needs --ray")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes must name some of {', '.join(MODES)}, got {','.join(args.modes)!r}")
@@ -228,8 +236,8 @@ def use_uvloop() -> None:
 class Server:
     """``resnet50 serve`` on 127.0.0.1 and a free port, stderr in a temp file."""
 
-    def __init__(self, args, log_dir: Path):
-        cmd = [sys.executable, "-m", "resnet50", "serve", "--host", "127.0.0.1", "--port", "0"]
+    def __init__(self, args, log_dir: Path, extra: tuple[str, ...] = ()):
+        cmd = [sys.executable, "-m", "resnet50", "serve", "--host", "127.0.0.1", "--port", "0", *extra]
         cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
@@ -669,6 +677,8 @@ def protocol_ratios(protocols: dict) -> dict[str, dict]:
 
 
 def main(argv=None) -> int:
+    import load_ray
+
     args = parse_args(argv)
     from protocol_clients import TensorSet
     from resnet50.core.cache import cache_dir
@@ -684,6 +694,7 @@ def main(argv=None) -> int:
     use_uvloop()
     with tempfile.TemporaryDirectory() as tmp:
         served = asyncio.run(serve_and_load(args, bodies, base, images, Path(tmp)))
+        ray = asyncio.run(load_ray.load_ray(args, bodies, Path(tmp))) if args.ray else None
     goals, extra = {}, {}
     if "closed" in served:
         ratio = served["closed"]["images_per_s"] / base["images_per_s"]
@@ -702,6 +713,8 @@ def main(argv=None) -> int:
         goals["protocols_all_answers_right"] = all(
             run["wrong"] == run["error"] == run["lost"] == 0 for run in served["protocols"].values()
         )
+    if args.ray:
+        goals.update(load_ray.goals(ray))
     result = {
         **common.header("load_test"),
         "weights": base["weights"],
@@ -709,9 +722,12 @@ def main(argv=None) -> int:
         "baseline": base,
         **extra,
         **{k: v for k, v in served.items() if k != "server_url"},
+        **({"ray_serve": ray} if args.ray else {}),
         "goals": goals,
     }
     png = common.save(args.out, result, plot)
+    if args.ray:
+        load_ray.plot(result, args.out.with_name(f"{args.out.stem}_ray.png"))
     summary = {
         "weights": result["weights"],
         "baseline_images_per_s": round(base["images_per_s"], 2),
@@ -720,6 +736,7 @@ def main(argv=None) -> int:
         **{k: served[k] for k in ("closed", "protocols") if k in served},
         **extra,
         **{name: {k: v for k, v in served[name].items() if k != "timeline"} for name in OPEN_RUNS if name in served},
+        **({"ray_serve": load_ray.summary(ray)} if args.ray else {}),
         "goals": goals,
         "server_exit_code": served["server_exit_code"],
         "json": str(args.out),

@@ -354,11 +354,11 @@ def test_cli_ray_engine_reuses_a_running_ray_and_leaves_it_up(ray_local, dataset
 
 
 def test_unreachable_ray_address_fails_fast_with_one_line():
-    from resnet50.apps.batch.ray_engine import _check_reachable
+    from resnet50.apps.ray_cluster import check_reachable
     from resnet50.core.errors import BackendUnavailableError
 
     with pytest.raises(
         BackendUnavailableError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1: Connection refused"
     ):
-        _check_reachable("127.0.0.1:1")
-    _check_reachable("auto")  # resolved by Ray itself, not checked here
+        check_reachable("127.0.0.1:1")
+    check_reachable("auto")  # resolved by Ray itself, not checked here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from resnet50.cli.common import add_model_options, load_model
 from resnet50.core.errors import BackendUnavailableError, InvalidInputError
@@ -42,7 +43,29 @@ def register(subparsers) -> None:
         parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     parser.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     add_model_options(parser, streams=True)
+    _add_ray_options(parser)
     parser.set_defaults(func=run)
+
+
+def _add_ray_options(parser) -> None:
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="local: this process; ray: Ray Serve replicas"
+    )
+    ray = parser.add_argument_group(
+        "Ray Serve engine (--engine ray; --threads, --streams and the limits above are per replica)"
+    )
+    ray.add_argument(
+        "--address", metavar="ADDR", help="Ray cluster to join, e.g. auto or HOST:6379 (default: a new local Ray)"
+    )
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, metavar="N", help="model replicas (default 1)")
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="replicas autoscaled between MIN and MAX")
+    ray.add_argument(
+        "--target-ongoing",
+        type=float,
+        metavar="N",
+        help="--autoscale: requests in flight per replica that Ray Serve scales towards (default: max batch, >= 2)",
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -77,14 +100,20 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnet50.apps.pipeline import default_workers
     from resnet50.apps.serve.native_stderr import filter_native_stderr
-    from resnet50.apps.serve.run import ServeSettings, bind, serve, serving_defaults
+    from resnet50.apps.serve.run import bind, serve, serving_defaults
 
     _check(args)
-    filter_native_stderr(show_noise=args.log_level == "debug")  # before the model load: its runtime logs too
+    ray_only = [flag for flag, value in _ray_flags(args) if value is not None]
+    if ray_only and args.engine != "ray":
+        raise InvalidInputError(f"{', '.join(ray_only)} {'needs' if len(ray_only) == 1 else 'need'} --engine ray")
+    if args.engine == "ray" and args.grpc_port is not None:
+        raise InvalidInputError("--grpc-port serves from one process; with --engine ray use HTTP")
     for module in SERVE_MODULES:  # fail before the slow model load
         require(module, "serve", "resnet50 serve")
+    if args.engine == "ray":
+        return _run_ray(args)
+    filter_native_stderr(show_noise=args.log_level == "debug")  # before the model load: its runtime logs too
     try:
         require("python_multipart", "serve", "resnet50 serve")
     except BackendUnavailableError:  # python-multipart before 0.0.13 is only `multipart`
@@ -102,7 +131,15 @@ def run(args: argparse.Namespace) -> int:
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads, args.device)
     # With batches of one, OpenVINO compiles for exactly that shape (faster); other backends ignore it.
     model = load_model(args, batch_size=1 if args.max_batch == 1 else None)
-    settings = ServeSettings(
+    serve(model, sock, _settings(args))
+    return 0
+
+
+def _settings(args: argparse.Namespace):
+    from resnet50.apps.pipeline import default_workers
+    from resnet50.apps.serve.run import ServeSettings
+
+    return ServeSettings(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
@@ -119,5 +156,79 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         grpc_max_message_mb=args.grpc_max_message_mb,
     )
-    serve(model, sock, settings)
+
+
+# --- --engine ray ---
+def _ray_flags(args: argparse.Namespace) -> list[tuple[str, object]]:
+    return [
+        ("--address", args.address),
+        ("--replicas", args.replicas),
+        ("--autoscale", args.autoscale),
+        ("--target-ongoing", args.target_ongoing),
+    ]
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` -> (MIN, MAX), with 0 <= MIN <= MAX and MAX >= 1."""
+    low, sep, high = text.partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise InvalidInputError(f"--autoscale must be MIN:MAX replicas, e.g. 1:4, got {text!r}")
+    low_n, high_n = int(low), int(high)
+    if high_n < 1 or low_n > high_n:
+        raise InvalidInputError(f"--autoscale {text}: need 0 <= MIN <= MAX and MAX >= 1")
+    return low_n, high_n
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    """Ray Serve replicas of the same app: check the flags, load the model here once (to fail
+    fast, fill the cache the local replicas read, and learn the md5 every replica must match),
+    then hand over to :func:`resnet50.apps.serve.ray_serve.run`."""
+    from resnet50.apps.serve.run import serving_defaults
+    from resnet50.cli.common import model_options
+    from resnet50.core.cpu import physical_cores
+
+    autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
+    if args.replicas is not None and args.replicas < 1:
+        raise InvalidInputError(f"--replicas must be at least 1, got {args.replicas}")
+    if args.target_ongoing is not None and (args.target_ongoing <= 0 or autoscale is None):
+        raise InvalidInputError("--target-ongoing must be positive and needs --autoscale")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidInputError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        from resnet50.apps.serve import ray_serve
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"resnet50 serve --engine ray needs {exc.name}: pip install 'resnet50[serve,ray]'"
+        ) from None
+    most = autoscale[1] if autoscale else args.replicas or 1
+    # Each replica gets its share of this machine's cores unless told; Ray reserves that many CPUs for it.
+    args.threads = args.threads or max(1, physical_cores() // most)
+    args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads, args.device)
+    if args.address and args.port == 0:
+        raise InvalidInputError("--port 0 (any free port) is for a local Ray; with --address give the port")
+    # A local Ray's proxy binds here: check the port now, before the slow model load (0 picks one).
+    port = args.port if args.address else ray_serve.pick_port(args.host, args.port)
+    batch_size = 1 if args.max_batch == 1 else None
+    model = load_model(args, batch_size=batch_size)
+    source = model.source
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    describe = (
+        f"; per replica: {threads}, {model.backend.streams} model streams, "
+        f"max batch {args.max_batch}, {model.precision}, weights {model.weights}"
+    )
+    del model  # the replicas load their own
+    # A file the user named travels as its path; the default (fetched, else synthetic) is resolved on
+    # each node, and the md5 keeps every replica on the driver's weights.
+    named = source.origin in ("argument", "RESNET50_MODEL")
+    load = {**model_options(args), "batch_size": batch_size, "model": os.fspath(source.path) if named else None}
+    scaling = ray_serve.Scaling(
+        replicas=args.replicas or 1,
+        autoscale=autoscale,
+        target_ongoing=args.target_ongoing or float(max(2, args.max_batch)),
+        cpus=float(args.threads),
+        gpus=1.0 if args.device == "cuda" else 0.0,
+    )
+    ray_serve.run(
+        load, source.md5, _settings(args), scaling, host=args.host, port=port, address=args.address, describe=describe
+    )
     return 0

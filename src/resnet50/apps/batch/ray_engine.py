@@ -8,13 +8,13 @@ a rerun batch replaces the lost one, so every row arrives exactly once.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from resnet50.apps import ray_cluster
 from resnet50.apps.batch.rows import make_rows, schema
+from resnet50.apps.ray_cluster import check_same_model, failure_reason
 from resnet50.core.constants import INPUT_SIZE
-from resnet50.core.errors import BackendUnavailableError, ModelFileError, ResNet50Error
+from resnet50.core.errors import BackendUnavailableError, ResNet50Error
 from resnet50.core.files import max_file_bytes
 from resnet50.core.registry import MLPERF_PREPROCESSING, Preprocessing
 from resnet50.processing.preprocess import PreprocessContext, preprocess_one, read_bytes
@@ -37,35 +37,8 @@ def import_ray():
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` (or start a local Ray); return True when this call started it."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    kwargs = {"include_dashboard": False, "log_to_driver": True}
-    if address:
-        _check_reachable(address)
-        kwargs["address"] = address
-    elif num_cpus:
-        kwargs["num_cpus"] = num_cpus
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise BackendUnavailableError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
-    return True
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
-    import socket
-
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        return  # "auto", "local" and the like: Ray resolves them
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise BackendUnavailableError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; start it with `ray start --head`"
-        ) from None
+    import_ray()
+    return ray_cluster.ensure_ray(address, num_cpus)
 
 
 def decode_batch(
@@ -103,19 +76,11 @@ class RayClassifier:
     """
 
     def __init__(self, load: dict | None = None, top_k: int = 5, md5: str | None = None):
-        import socket
-
         from resnet50.api.model import ResNet50
 
         self.model = ResNet50.load(**(load or {}))
         self.top_k = top_k
-        source = self.model.source
-        if md5 and source.md5 != md5:
-            raise ModelFileError(
-                f"Ray worker on {socket.gethostname()} loaded {source.path} ({source.weights} weights, md5 "
-                f"{source.md5}) but the driver runs md5 {md5}; give every node the same file "
-                "(--model on a shared path, or resnet50 fetch on each node)"
-            )
+        check_same_model(self.model.source, md5)
 
     def __call__(self, batch: dict):
         import pyarrow as pa
@@ -200,14 +165,3 @@ def iter_tables(dataset):
             yield table.select(list(target.names)).cast(target)
     except ray.exceptions.RayError as exc:
         raise BackendUnavailableError(f"the Ray job failed: {failure_reason(exc)}") from None
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The root cause inside a Ray error: our own error's message when there is one."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        match = re.match(r"resnet50\.(?:core\.)?errors\.\w+: (.*)", line)
-        if match:
-            return match.group(1)
-    causes = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)]
-    return (causes[-1] if causes else lines[0] if lines else type(exc).__name__)[:500]
