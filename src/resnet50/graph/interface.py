@@ -53,7 +53,7 @@ def check_interface(path: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
         scores = out.get(SOFTMAX_OUTPUT)
         if scores is None and "topk_scores" not in out:
             problem = f"it has no output {SOFTMAX_OUTPUT!r} (outputs: {', '.join(map(str, outputs)) or 'none'})"
-        elif scores is not None and (len(scores.shape) != 2 or (_fixed(scores.shape[-1]) or 2) < 2):
+        elif scores is not None and scores.shape and (len(scores.shape) != 2 or (_fixed(scores.shape[-1]) or 2) < 2):
             problem = f"its output {scores} is not [N,classes] with at least 2 classes"
     if problem:
         raise ModelFileError(f"{path}: not a ResNet50 v1.5 model with the MLPerf interface: {problem}")
