@@ -118,8 +118,8 @@ def test_a_download_growing_past_the_cap_is_stopped_and_deleted(flood, tmp_path)
     with pytest.raises(DownloadError) as info:
         fetch(url=flood, md5=MD5, dest=dest, progress=False, max_bytes=1 << 20)
     assert str(info.value) == (
-        f"{flood}: the download grew past the 1,048,576 bytes a model file may have (the MLPerf file is about "
-        "100 MB); stopped and deleted the partial download. Is the URL right?"
+        f"{flood}: the download grew past the 1,048,576 bytes a weights file may have (the registry's files are "
+        "about 100 MB); stopped and deleted the partial download. Is the URL right?"
     )
     assert sorted(tmp_path.iterdir()) == []
 
@@ -134,7 +134,7 @@ def test_a_content_length_over_the_cap_is_refused_before_reading(flood, tmp_path
 @pytest.mark.slow
 def test_an_endless_download_stops_at_the_default_cap(flood, tmp_path):
     """150 MB, no Content-Length: before, all of it was written before the md5 check."""
-    from resnet50.core.constants import MAX_DOWNLOAD_BYTES
+    from resnet50.weights.fetch import MAX_DOWNLOAD_BYTES
 
     _Flood.announce, _Flood.body_size = None, 150_000_000
     with pytest.raises(DownloadError, match="the download grew past the 117,440,512 bytes"):
