@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hostile import special_files, within
 from resnet50.apps.batch import COLUMNS, classify_dataset, list_inputs, run_batch
 from resnet50.apps.batch.writers import RowWriter, parts_dir
 from resnet50.cli import main
@@ -362,3 +363,83 @@ def test_unreachable_ray_address_fails_fast_with_one_line():
     ):
         check_reachable("127.0.0.1:1")
     check_reachable("auto")  # resolved by Ray itself, not checked here
+
+
+# --- hostile inputs and damaged outputs --------------------------------------------------
+
+
+@pytest.fixture
+def hostile(tmp_path) -> dict:
+    with special_files(tmp_path) as files:
+        yield files
+
+
+def test_batch_writes_every_row_next_to_special_files(model_fp32, hostile, tmp_path):
+    folder = Path(hostile["folder"])
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    out = tmp_path / "rows.jsonl"
+    summary = within(run_batch, folder, out, model=model_fp32, fifos=hostile["fifos"])
+    rows = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert (summary.classified, summary.errors) == (1, 2)
+    assert rows[hostile["inner_fifo"]]["error"].startswith(f"{hostile['inner_fifo']}: is a FIFO")
+    assert rows[os.fspath(folder / "loop.jpg")]["error"].startswith(f"{folder / 'loop.jpg'}: symbolic link loop")
+
+
+def test_batch_refuses_a_special_output_without_opening_it(model_fp32, hostile, tmp_path, capsys):
+    argv = ["batch", hostile["good"][0], "-o", hostile["fifo"].replace(".jpg", ".csv")]
+    os.mkfifo(argv[-1])
+    assert within(main, [*argv, "--overwrite"], fifos=[argv[-1]]) == 2
+    assert capsys.readouterr().err.strip() == f"resnet50 batch: error: {argv[-1]}: is a FIFO (named pipe), not " \
+        "a results file; only regular files are read"  # fmt: skip
+
+
+def _parquet_bytes(rows: int = 2) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from resnet50.apps.batch.rows import make_row, to_table
+
+    buf = io.BytesIO()
+    pq.write_table(to_table([make_row(f"/x/{i}.jpg", None, "gone", "synthetic") for i in range(rows)]), buf)
+    return buf.getvalue()
+
+
+DAMAGED = {
+    "bad line.jsonl": (b'{"path": "/a.jpg", "class_id": null}\nnot json at all\n', "line 1 is not a result row"),
+    "not json.jsonl": (b"[1, 2]\n{oops\n", "line 1 is not a result row"),
+    "no path.csv": (b"file,label\n/a.jpg,cat\n", "its header is 'file,label', not 'path,class_id,"),
+    "short row.csv": (b"path,class_id,label,score,top_k_ids,top_k_scores,error,weights\n/a.jpg,3\n", "row 2 has 2"),
+    "broken.parquet": (b"PAR1 this is not parquet", "not a readable Parquet file"),
+    "cut.parquet": (None, "not a readable Parquet file"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED))
+def test_resume_on_a_damaged_output_is_one_line_and_leaves_it_untouched(name, hostile, tmp_path, capsys):
+    content, why = DAMAGED[name]
+    if content is None:
+        content = _parquet_bytes()[:-20]
+    out = tmp_path / name.replace(" ", "_")
+    out.write_bytes(content)
+    argv = ["batch", hostile["good"][0], "-o", os.fspath(out), "--resume"]
+    for extra in ([], ["--retry-errors"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"resnet50 batch: error: {out}: cannot resume it: ")
+        assert why in err[0] and "left as it is" in err[0]
+        assert out.read_bytes() == content
+
+
+def test_resume_on_damaged_parquet_parts_leaves_them_untouched(hostile, tmp_path, capsys):
+    from resnet50.apps.batch.writers import parts_dir
+
+    out = tmp_path / "r.parquet"
+    parts = parts_dir(out)
+    parts.mkdir()
+    (parts / "part-000001.parquet").write_bytes(_parquet_bytes())
+    (parts / "part-000002.parquet").write_bytes(b"PAR1 garbage")
+    before = {p.name: p.read_bytes() for p in parts.iterdir()}
+    assert main(["batch", hostile["good"][0], "-o", os.fspath(out), "--resume"]) == 2
+    assert f"{parts / 'part-000002.parquet'}: cannot resume it" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in parts.iterdir()} == before and not out.exists()

@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from hostile import special_files, within
 from resnet50 import InvalidInputError
 from resnet50.apps.pipeline import StageTimes, classify_stream
 from resnet50.core.samples import write_jpegs
@@ -105,3 +107,29 @@ def test_stage_times_are_per_stage(model_fp32, jpegs):
     times = StageTimes()
     list(classify_stream(model_fp32, jpegs[:4], times=times))
     assert np.all(np.array([times.decode, times.preprocess, times.infer, times.postprocess]) > 0)
+
+
+@pytest.fixture
+def hostile(tmp_path) -> dict:
+    with special_files(tmp_path) as files:
+        yield files
+
+
+def test_pipeline_reports_special_files_and_classifies_the_rest(model_fp32, hostile):
+    inputs = [hostile["fifo"], hostile["good"][0], hostile["loop"], "/dev/null", hostile["good"][1]]
+    results = within(lambda: list(classify_stream(model_fp32, inputs, batch_size=2)), fifos=hostile["fifos"])
+    assert [r.ok for r in results] == [False, True, False, False, True]
+    assert results[0].error.startswith(f"{hostile['fifo']}: is a FIFO")
+    assert results[2].error.startswith(f"{hostile['loop']}: symbolic link loop")
+    assert results[3].error.startswith("/dev/null: is a character device")
+    assert [r.classification for r in results if r.ok] == model_fp32.classify(hostile["good"])
+
+
+def test_pipeline_size_cap(model_fp32, tmp_path):
+    big = tmp_path / "big.png"
+    assert cv2.imwrite(os.fspath(big), np.random.default_rng(0).integers(0, 256, (800, 800, 3), np.uint8))
+    small = write_jpegs(tmp_path / "s", 1, seed=7)[0]
+    results = list(classify_stream(model_fp32, [big, small], max_file_mb=1.0))
+    assert results[0].error == f"{big}: {big.stat().st_size:,} bytes, more than the 1 MB limit for input " \
+        "files (raise it with --max-file-mb)"  # fmt: skip
+    assert results[1].ok

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,3 +234,82 @@ def test_calibration_list_runs_through_the_cli(tmp_path, capsys, monkeypatch):
         == 2
     )
     assert "nope.jpg" in capsys.readouterr().err
+
+
+QUANTIZE_LINE = "resnet50: quantizing to int8, calibrated on 64 images (first run only)"
+
+
+@pytest.mark.slow
+def test_streamed_calibration_equals_onnxruntime_calibrator(model_fp32, tmp_path):
+    """The ranges are those ONNX Runtime's MinMaxCalibrater computes on the same graph and images
+    (same tensors, same values), computed one image at a time instead of keeping every output."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from resnet50.core.constants import INPUT_NAME
+    from resnet50.core.samples import synthetic_batch
+    from resnet50.derived.quantize import QUANTIZED_OPS, _optimized_file, calibrate
+    from resnet50.processing.preprocess import preprocess
+
+    (tmp_path / "ours").mkdir()
+    prepared = _optimized_file(model_fp32.source.path, tmp_path / "ours")
+    images = synthetic_batch(6, seed=123)
+    ours = calibrate(prepared, images)
+
+    class Batches:  # two batches of three, as ONNX Runtime's calibrator reads them
+        def __init__(self):
+            self.batches = [{INPUT_NAME: preprocess(images[i : i + 3])[0]} for i in (0, 3)]
+
+        def get_next(self):
+            return self.batches.pop(0) if self.batches else None
+
+    calibrator = create_calibrator(
+        prepared,
+        QUANTIZED_OPS,
+        augmented_model_path=tmp_path / "augmented.onnx",
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    calibrator.collect_data(Batches())
+    theirs = calibrator.compute_data()
+    assert set(ours.data) == set(theirs.data) and len(ours.data) > 100
+    for name, theirs_range in theirs.data.items():
+        low, high = ours.data[name].range_value
+        assert (low.dtype, low.shape) == (theirs_range.range_value[0].dtype, theirs_range.range_value[0].shape)
+        assert (low, high) == theirs_range.range_value, name  # exactly
+
+
+def _peak_rss_mb(argv: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``argv`` under a parent that reports the peak RSS of its only child, in MB."""
+    probe = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr); "
+        "sys.stderr.write('PEAK %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.exit(p.returncode)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, env=env, timeout=600)
+    peak = next(line for line in proc.stderr.splitlines() if line.startswith("PEAK "))
+    proc.stderr = proc.stderr.replace(peak + "\n", "")
+    return proc, int(peak.split()[1]) / 1024
+
+
+@pytest.mark.slow
+def test_first_int8_run_is_quiet_under_json_and_light_on_memory(tmp_path):
+    """An empty cache: build the synthetic model, quantize, benchmark. It peaked at 2,251 MB
+    (ONNX Runtime's calibrator kept every batch's outputs); now it stays under 600 MB, and --json
+    adds nothing to stderr beyond the synthetic-weights notice."""
+    env = {**os.environ, "RESNET50_HOME": os.fspath(tmp_path / "home")}
+    argv = [sys.executable, "-m", "resnet50", "bench", "--precision", "int8", "--duration", "0.5", "--warmup", "0"]
+    proc, peak_mb = _peak_rss_mb([*argv, "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["precision"] == "int8"
+    assert [line.split(" (")[0] for line in proc.stderr.splitlines()] == ["resnet50: running on SYNTHETIC weights"]
+    print(f"first int8 run: peak RSS {peak_mb:.0f} MB")
+    assert peak_mb < 600
+    # Without --json (and not on a terminal) each one-off step is one line saying what it does.
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in os.listdir(tmp_path / "home"):
+        if name.endswith(".onnx"):
+            (other / name).write_bytes((tmp_path / "home" / name).read_bytes())
+    proc = subprocess.run([*argv], capture_output=True, text=True, env={**env, "RESNET50_HOME": os.fspath(other)})
+    assert proc.returncode == 0 and proc.stderr.splitlines()[0] == QUANTIZE_LINE + " ..."

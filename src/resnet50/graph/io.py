@@ -1,7 +1,8 @@
 """Writing an ONNX model file without serializing it whole in memory.
 
 ``onnx.save`` serializes the model into one buffer (protobuf's, grown by doubling) and copies it
-into Python bytes before writing: two to three times the model's size on top of the model itself. :func:`write_model` writes the same bytes piece by piece: the model's fields around the
+into Python bytes before writing: two to three times the model's size on top of the model
+itself. :func:`write_model` writes the same bytes piece by piece: the model's fields around the
 graph, the graph's fields around its initializers, and one initializer at a time.
 
 Protobuf writes known fields in field-number order, which is what makes the pieces concatenate

@@ -29,11 +29,11 @@ hypothesis = pytest.importorskip("hypothesis", reason="the fuzz suite needs hypo
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from hostile import within  # noqa: E402
 from resnet50 import preprocess  # noqa: E402
 from resnet50.core.errors import ResNet50Error  # noqa: E402
 from resnet50.core.samples import synthetic_image  # noqa: E402
 from resnet50.processing.preprocess import describe  # noqa: E402
-from watchdog import within  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
