@@ -74,3 +74,10 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(synthetic_image(8, 300, 400)[..., ::-1]).save(rotated, exif=exif.tobytes(), quality=90)
     files["exif_rotated"] = rotated
     return files
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start Ray are slow wherever they are (the issue's inner loop skips them)."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -186,6 +186,7 @@ def _interface_copy(tmp_path, opset: int):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opset", [11, 8])
 def test_file_with_mlperf_interface_gives_same_outputs(tmp_path, model_fp32, sample_photos, opset):
     path = _interface_copy(tmp_path, opset)
@@ -269,6 +270,7 @@ def test_native_top_k_is_checked(model_native, sample_photos):
         model_native.postprocess(model_native.run(tensor), ctx, top_k=10)
 
 
+@pytest.mark.slow
 def test_model_without_output_shapes_loads_for_every_variant(tmp_path, model_fp32, sample_photos):
     path = _interface_copy(tmp_path, 11)
     model = onnx.load(str(path))
@@ -314,6 +316,7 @@ def test_streams_report_the_threads_they_run(backend):
         assert model.info()["streams"] == compiled.get_property("NUM_STREAMS") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_openvino_compiles_for_the_batch_size_and_still_runs_any_other(precision, varied_images):
     """``batch_size=1``: OpenVINO runs batch 1 on a model compiled for exactly that shape, a

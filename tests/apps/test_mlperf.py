@@ -24,6 +24,8 @@ from resnet50.apps.mlperf.sut import labels_from_outputs
 from resnet50.cli import main
 from resnet50.core.errors import InputNotFoundError, InvalidInputError, ResNet50Error
 
+pytestmark = pytest.mark.slow  # LoadGen runs of the real harness
+
 COUNT = 12
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 

@@ -86,6 +86,7 @@ def test_error_rows_flow_without_waiting_for_good_images(model_fp32):
     stream.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_stops_cleanly(model_fp32, tmp_path):
     files = write_jpegs(tmp_path, 400, seed=50)

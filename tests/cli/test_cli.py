@@ -93,6 +93,7 @@ def test_fetch_offline_is_one_clear_line(tmp_path):
     assert proc.stderr.count("\n") == 1 and "could not download http://127.0.0.1:9/m.onnx" in proc.stderr
 
 
+@pytest.mark.slow
 def test_every_subcommand_has_help():
     from resnet50.cli import COMMANDS
 

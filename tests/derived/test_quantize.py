@@ -15,6 +15,8 @@ from resnet50.core.samples import synthetic_batch
 from resnet50.derived.quantize import ranges_path
 from resnet50.processing.preprocess import preprocess
 
+pytestmark = pytest.mark.slow  # every test builds or runs an int8 or bf16 model
+
 
 @pytest.fixture(scope="module")
 def model_int8():

@@ -22,6 +22,8 @@ from torchvision.models import ResNet50_Weights, resnet18, resnet50  # noqa: E40
 
 from resnet50.processing.preprocess import preprocess  # noqa: E402
 
+pytestmark = pytest.mark.slow  # builds, saves and converts full torchvision models
+
 PRESETS = {"torchvision-v1": ResNet50_Weights.IMAGENET1K_V1, "torchvision-v2": ResNet50_Weights.IMAGENET1K_V2}
 
 

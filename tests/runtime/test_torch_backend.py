@@ -13,6 +13,8 @@ import pytest
 from mlperf_layout import folded_weights, tf_style_model
 from resnet50.core.errors import BackendUnavailableError, InvalidInputError, ModelFileError
 
+pytestmark = pytest.mark.slow  # ONNX -> torch conversions of the full model
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install 'resnet50[cuda]')")
