@@ -1,4 +1,4 @@
-"""The Ray Serve mode of ``load_test.py`` (``--ray``): ``resnet50 serve --engine ray`` on the same images.
+"""The ``ray`` mode of ``load_test.py``: ``resnet50 serve --engine ray`` on the same images.
 
 Two measurements against a local Ray with ``--ray-replicas`` x ``--ray-threads`` (default 2 x 1):
 
@@ -15,7 +15,7 @@ Two measurements against a local Ray with ``--ray-replicas`` x ``--ray-threads``
    replacement first answers, or after ``--fault-max-s``.
 
 Everything is on loopback; the server's whole process tree (Ray included) is stopped with
-SIGTERM at the end. Writes into the run's JSON (key ``ray_serve``) and ``<out>_ray.png``.
+SIGTERM at the end. The results go into the run's JSON (key ``ray_serve``) and two panels of its chart.
 """
 
 from __future__ import annotations
@@ -32,21 +32,25 @@ from pathlib import Path
 
 import numpy as np
 
-from load_test import Server, closed_loop, percentiles, post, wait_ready
+import common
+import load_test  # (attributes looked up when used: load_test imports this module at its top)
 
 HEADER = "x-resnet50-replica"
 GOAL_RATIO, GOAL_REPLACEMENT_S, MAX_RETRIES = 0.7, 60.0, 3
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Ray Serve mode")
-    g.add_argument("--ray", action="store_true", help="also load resnet50 serve --engine ray (same images)")
-    g.add_argument("--ray-replicas", type=int, default=2, help="replicas (default 2)")
-    g.add_argument("--ray-threads", type=int, default=1, help="inference threads per replica (default 1)")
-    g.add_argument("--ray-rounds", type=int, default=3, help="paired closed loops, one process vs Ray (3)")
-    g.add_argument("--ray-fault", action="store_true", help="also kill a replica under load (needs --ray)")
-    g.add_argument("--fault-after", type=float, default=5.0, help="seconds of load before the kill (5)")
-    g.add_argument("--fault-max-s", type=float, default=120.0, help="longest fault run, s (120)")
+    g = p.add_argument_group("ray mode (resnet50 serve --engine ray)")
+    g.add_argument("--ray-replicas", type=common.positive_int, default=2, help="replicas (default 2)")
+    g.add_argument(
+        "--ray-threads", type=common.positive_int, default=1, help="inference threads per replica (default 1)"
+    )
+    g.add_argument(
+        "--ray-rounds", type=common.positive_int, default=3, help="paired closed loops, one process vs Ray (3)"
+    )
+    g.add_argument("--ray-fault", action="store_true", help="also kill a replica under load")
+    g.add_argument("--fault-after", type=common.positive_float, default=5.0, help="seconds of load before the kill (5)")
+    g.add_argument("--fault-max-s", type=common.positive_float, default=120.0, help="longest fault run, s (120)")
 
 
 def server_args(args) -> argparse.Namespace:
@@ -55,7 +59,9 @@ def server_args(args) -> argparse.Namespace:
     from resnet50.apps.serve.run import serving_defaults
 
     streams, max_batch = serving_defaults(None, None, args.ray_threads)
-    return argparse.Namespace(**{**vars(args), "threads": args.ray_threads, "streams": streams, "max_batch": max_batch})
+    return argparse.Namespace(
+        **{**vars(args), "threads": args.ray_threads, "streams": streams, "max_batch": max_batch, "modes": ["ray"]}
+    )
 
 
 async def replica_pids(client, rounds: int = 40) -> dict[str, int]:
@@ -145,7 +151,7 @@ async def fault_run(client, bodies: list[bytes], args) -> dict:
         **outcomes,
         "answers_503": sum(r[5] for r in records),
         "ok_after_retry": sum(r[2] == "ok" and r[4] > 1 for r in records),
-        **percentiles([r[1] for r in records if r[2] == "ok"]),
+        **load_test.percentiles([r[1] for r in records if r[2] == "ok"]),
         "timeline": [(round(a, 4), round(b * 1000, 2), o, rep) for a, b, o, rep, *_ in records],
     }
 
@@ -165,6 +171,15 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _sender(client, bodies: list[bytes], timeout: float):
+    """``send(i)`` for ``load_test.closed_loop``: request ``i`` posts image ``i`` (cycling)."""
+
+    def send(i: int):
+        return load_test.post(client, bodies[i % len(bodies)], timeout)
+
+    return send
+
+
 async def paired_rounds(single, ray, bodies: list[bytes], args) -> list[dict]:
     """Closed loops on both servers, alternating which goes first (ABBA), so that the other
     people's load on these shared cores weighs on both alike; the idle one's CPU is recorded."""
@@ -178,7 +193,8 @@ async def paired_rounds(single, ray, bodies: list[bytes], args) -> list[dict]:
                 f"round {r + 1}: {name} closed loop, {args.count} requests at {args.concurrency} ...", file=sys.stderr
             )
             cpu0, idle0, wall0 = tree_cpu_seconds(proc.pid), tree_cpu_seconds(other.pid), time.perf_counter()
-            run = await closed_loop(client, bodies, args)
+            run = await load_test.closed_loop(_sender(client, bodies, args.timeout), args)
+            run.pop("latencies")
             wall = time.perf_counter() - wall0
             run["cores_used"] = round((tree_cpu_seconds(proc.pid) - cpu0) / wall, 3)
             run["idle_other_cores"] = round((tree_cpu_seconds(other.pid) - idle0) / wall, 3)
@@ -197,14 +213,14 @@ async def load_ray(args, bodies: list[bytes], log_dir: Path) -> dict:
     extra = ("--engine", "ray", "--replicas", str(args.ray_replicas))
     (log_dir / "ray").mkdir(exist_ok=True)
     (log_dir / "single").mkdir(exist_ok=True)
-    ray_server = Server(ray_args, log_dir / "ray", extra=extra)
-    single_server = Server(args, log_dir / "single")
+    ray_server = load_test.Server(ray_args, log_dir / "ray", extra=extra)
+    single_server = load_test.Server(argparse.Namespace(**{**vars(args), "modes": ["classify"]}), log_dir / "single")
     ray_client, single_client = LoopbackClient(ray_server.url), LoopbackClient(single_server.url)
     fault, single_code = None, None
     try:
         for client, batch in ((ray_client, 2 * ray_args.max_batch * args.ray_replicas), (single_client, 16)):
-            await wait_ready(client)
-            await asyncio.gather(*(post(client, body, args.timeout) for body in bodies[:batch]))
+            await load_test.wait_ready(client)
+            await asyncio.gather(*(load_test.post(client, body, args.timeout) for body in bodies[:batch]))
         rounds = await paired_rounds((single_client, single_server.proc), (ray_client, ray_server.proc), bodies, args)
         await single_client.aclose()
         single_code = single_server.stop()
@@ -244,71 +260,47 @@ def goals(ray: dict) -> dict:
     return out
 
 
-def plot(result: dict, path: Path) -> None:
-    """Throughput of both servers; and the fault run's requests over time, by replica."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def rounds_panel(ax, result: dict) -> None:
+    """The paired closed loops: one process against Ray Serve, round by round."""
     ray = result["ray_serve"]
-    fault = ray.get("fault")
-    fig, axes = plt.subplots(1, 2 if fault else 1, figsize=(13 if fault else 6, 4.4), squeeze=False)
-    ax1 = axes[0][0]
     rounds = ray["rounds"]
     x = np.arange(len(rounds))
     single = [r["single"]["images_per_s"] for r in rounds]
     served = [r["ray"]["images_per_s"] for r in rounds]
-    b1 = ax1.bar(x - 0.2, single, 0.4, color="#3e6ae1", label="serve (one process)")
-    b2 = ax1.bar(
-        x + 0.2,
-        served,
-        0.4,
-        color="#f79009",
-        label=f"--engine ray, {ray['replicas']} x {ray['threads_per_replica']} thread",
+    b1 = ax.bar(x - 0.2, single, 0.4, color="#3e6ae1", label="serve (one process)")
+    label = f"--engine ray, {ray['replicas']} x {ray['threads_per_replica']} thread"
+    b2 = ax.bar(x + 0.2, served, 0.4, color="#f79009", label=label)
+    ax.bar_label(b1, fmt="%.0f", fontsize=7)
+    ax.bar_label(b2, fmt="%.0f", fontsize=7)
+    ax.scatter(x - 0.2, [GOAL_RATIO * v for v in single], marker="_", s=300, color="#b42318", label="0.7 x one process")
+    ax.set_xticks(x, [f"round {i + 1}\nratio {r['ratio']:.2f}" for i, r in enumerate(rounds)])
+    ax.margins(y=0.12)
+    ax.set_ylabel("images/s")
+    ax.set_title(f"Ray Serve vs one process (median ratio {ray['ratio_median']:.2f})")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def fault_panel(ax, result: dict) -> None:
+    """The fault run: every request by send time and the replica that answered it."""
+    fault = result["ray_serve"]["fault"]
+    palette = ["#3e6ae1", "#12b76a", "#7a5af8", "#f79009"]
+    colors: dict = {}
+    for *_, outcome, replica in fault["timeline"]:
+        if outcome == "ok":
+            colors.setdefault(replica, palette[len(colors) % len(palette)])
+    for replica, color in colors.items():
+        points = [(at, ms) for at, ms, o, r in fault["timeline"] if o == "ok" and r == replica]
+        ax.scatter(*zip(*points), s=5, color=color, label=f"replica {replica}")
+    bad = [(at, ms) for at, ms, o, _ in fault["timeline"] if o != "ok"]
+    if bad:
+        ax.scatter(*zip(*bad), s=20, color="#b42318", marker="x", label="no answer")
+    ax.axvline(fault["killed_at_s"], color="#b42318", lw=1, label="replica killed")
+    if fault["replacement_serving_after_s"] is not None:
+        after = fault["replacement_serving_after_s"]
+        ax.axvline(fault["killed_at_s"] + after, color="#12b76a", ls="--", lw=1, label=f"replacement (+{after:.1f} s)")
+    ax.set_xlabel("send time (s)")
+    ax.set_ylabel("latency incl. retries (ms)")
+    ax.set_title(
+        f"replica killed: {fault['ok']} ok, {fault['answers_503']} x 503 retried, {fault['lost'] + fault['error']} lost"
     )
-    ax1.bar_label(b1, fmt="%.0f", fontsize=8)
-    ax1.bar_label(b2, fmt="%.0f", fontsize=8)
-    ax1.scatter(
-        x - 0.2, [GOAL_RATIO * v for v in single], marker="_", s=300, color="#b42318", label="0.7 x one process"
-    )
-    ax1.set_xticks(x, [f"round {i + 1}\nratio {r['ratio']:.2f}" for i, r in enumerate(rounds)])
-    ax1.set_ylabel("images/s")
-    concurrency = rounds[0]["single"]["concurrency"]
-    ax1.set_title(f"closed loop, concurrency {concurrency} (median ratio {ray['ratio_median']:.2f})")
-    ax1.legend(fontsize=7, loc="lower right")
-    if fault:
-        ax2 = axes[0][1]
-        colors = {}
-        palette = ["#3e6ae1", "#12b76a", "#7a5af8", "#f79009"]
-        for *_, outcome, replica in fault["timeline"]:
-            if outcome == "ok":
-                colors.setdefault(replica, palette[len(colors) % len(palette)])
-        for replica, color in colors.items():
-            points = [(at, ms) for at, ms, o, r in fault["timeline"] if o == "ok" and r == replica]
-            ax2.scatter(*zip(*points), s=5, color=color, label=f"replica {replica}")
-        bad = [(at, ms) for at, ms, o, _ in fault["timeline"] if o != "ok"]
-        if bad:
-            ax2.scatter(*zip(*bad), s=20, color="#b42318", marker="x", label="no answer")
-        ax2.axvline(fault["killed_at_s"], color="#b42318", lw=1, label="replica killed")
-        if fault["replacement_serving_after_s"] is not None:
-            ax2.axvline(
-                fault["killed_at_s"] + fault["replacement_serving_after_s"],
-                color="#12b76a",
-                ls="--",
-                lw=1,
-                label=f"replacement serves (+{fault['replacement_serving_after_s']:.1f} s)",
-            )
-        ax2.set_xlabel("send time (s)")
-        ax2.set_ylabel("latency incl. retries (ms)")
-        ax2.set_title(
-            f"replica killed under load: {fault['ok']} answered, {fault['answers_503']} x 503 retried, "
-            f"{fault['lost'] + fault['error']} without answer"
-        )
-        ax2.legend(fontsize=7, loc="upper right")
-    fig.suptitle(
-        f"resnet50 serve on Ray Serve, {result['machine']['cpus']} CPUs, weights: {result['weights']}", fontsize=10
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(fontsize=7, loc="upper right")

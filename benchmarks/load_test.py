@@ -21,12 +21,13 @@ compute as MLPerf's), so the ratios hold on any machine:
    rounds' ratios, so drift on a shared machine does not favour one (the pooled ratio and each
    round's are kept too), with the ratio of images per CPU second (server and load generator),
    which a shared machine moves far less. Goal: gRPC raw at least 0.95x the throughput of HTTP
-   binary (``protocol_clients.py`` holds these clients).
+   binary (``protocol_clients.py`` holds these clients);
+6. ``ray``: ``resnet50 serve --engine ray`` (2 replicas x 1 thread) against a fresh single-process
+   server, paired closed loops on the same images, and with ``--ray-fault`` a replica killed
+   under load (``load_ray.py``). Goals: >= 0.7x the single-process server; every accepted
+   request answered; the replacement serving within 60 s.
 
 ``--modes`` picks the measurements (default: all); ``--duration 0`` skips the open loops.
-
-With ``--ray`` (and ``--ray-fault``), the same images go to ``resnet50 serve --engine ray`` too:
-see ``load_ray.py``.
 
 Each open-loop result also carries ``floor``: the p50/p90/p99 that an ideal server (zero
 overhead, FIFO, the batcher's rules, as many model streams) would reach on that very arrival
@@ -62,11 +63,12 @@ from pathlib import Path
 import numpy as np
 
 import common
+import load_ray
 
 GOAL_RATIO, GOAL_P99_MS = 0.8, 60.0
 GOAL_GRPC_RATIO = 0.95  # gRPC raw against HTTP binary, images/s at the same concurrency
 TENSOR_MODES = ("http-json", "http-binary", "grpc-raw")
-MODES = ("classify", *TENSOR_MODES)
+MODES = ("classify", *TENSOR_MODES, "ray")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,15 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--protocol-rounds", type=common.positive_int, default=2, help="rounds of the tensor modes, order alternating"
     )
     common.add_out(p, "load_test")
-    import load_ray  # the Ray Serve mode (--ray)
-
     load_ray.add_args(p)
     args = p.parse_args(argv)
-    if args.ray_fault and not args.ray:
-        p.error("--ray-fault needs --ray")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes must name some of {', '.join(MODES)}, got {','.join(args.modes)!r}")
+    if args.ray_fault and "ray" not in args.modes:
+        p.error("--ray-fault needs the ray mode")
     from resnet50.apps.serve.run import serving_defaults
 
     args.streams, args.max_batch = serving_defaults(args.streams, args.max_batch, args.threads)
@@ -555,6 +555,10 @@ def plot(result: dict, path: Path) -> None:
         panels += [(_timeline_panel, 2.2), (_cdf_panel, 1.4)]
     if result.get("protocols"):
         panels.append((_protocols_panel, 1.2))
+    if result.get("ray_serve"):
+        panels.append((load_ray.rounds_panel, 1.3))
+        if "fault" in result["ray_serve"]:
+            panels.append((load_ray.fault_panel, 2.0))
     widths = [w for _, w in panels]
     fig, axes = plt.subplots(
         1,
@@ -677,8 +681,6 @@ def protocol_ratios(protocols: dict) -> dict[str, dict]:
 
 
 def main(argv=None) -> int:
-    import load_ray
-
     args = parse_args(argv)
     from protocol_clients import TensorSet
     from resnet50.core.cache import cache_dir
@@ -693,8 +695,9 @@ def main(argv=None) -> int:
     images = TensorSet(load_model(args), paths[: args.tensor_images]) if set(TENSOR_MODES) & set(args.modes) else None
     use_uvloop()
     with tempfile.TemporaryDirectory() as tmp:
-        served = asyncio.run(serve_and_load(args, bodies, base, images, Path(tmp)))
-        ray = asyncio.run(load_ray.load_ray(args, bodies, Path(tmp))) if args.ray else None
+        served = asyncio.run(serve_and_load(args, bodies, base, images, Path(tmp))) if set(args.modes) - {"ray"} else {}
+        if "ray" in args.modes:
+            served["ray_serve"] = asyncio.run(load_ray.load_ray(args, bodies, Path(tmp)))
     goals, extra = {}, {}
     if "closed" in served:
         ratio = served["closed"]["images_per_s"] / base["images_per_s"]
@@ -713,8 +716,8 @@ def main(argv=None) -> int:
         goals["protocols_all_answers_right"] = all(
             run["wrong"] == run["error"] == run["lost"] == 0 for run in served["protocols"].values()
         )
-    if args.ray:
-        goals.update(load_ray.goals(ray))
+    if "ray_serve" in served:
+        goals.update(load_ray.goals(served["ray_serve"]))
     result = {
         **common.header("load_test"),
         "weights": base["weights"],
@@ -722,23 +725,20 @@ def main(argv=None) -> int:
         "baseline": base,
         **extra,
         **{k: v for k, v in served.items() if k != "server_url"},
-        **({"ray_serve": ray} if args.ray else {}),
         "goals": goals,
     }
     png = common.save(args.out, result, plot)
-    if args.ray:
-        load_ray.plot(result, args.out.with_name(f"{args.out.stem}_ray.png"))
     summary = {
         "weights": result["weights"],
         "baseline_images_per_s": round(base["images_per_s"], 2),
         "service_ms": base["service_ms"],
         "prepare_ms": base["prepare_ms"],
         **{k: served[k] for k in ("closed", "protocols") if k in served},
+        **({"ray_serve": load_ray.summary(served["ray_serve"])} if "ray_serve" in served else {}),
         **extra,
         **{name: {k: v for k, v in served[name].items() if k != "timeline"} for name in OPEN_RUNS if name in served},
-        **({"ray_serve": load_ray.summary(ray)} if args.ray else {}),
         "goals": goals,
-        "server_exit_code": served["server_exit_code"],
+        "server_exit_code": served.get("server_exit_code"),
         "json": str(args.out),
         "png": str(png),
     }

@@ -71,6 +71,16 @@ class ServerProcess:
             self.proc.wait(10)
 
 
+def expected_predictions(model, paths, top_k: int = 5) -> list[list[dict]]:
+    """What ``/v1/classify`` must answer for each of ``paths``: ``model``'s own top-k, as JSON."""
+    tensor, ctx = model.preprocess([str(p) for p in paths])
+    outputs = model.run(tensor)
+    return [
+        [{"label": p.label, "class_id": p.class_id, "score": p.score} for p in c.predictions]
+        for c in model.postprocess(outputs, ctx, top_k)
+    ]
+
+
 def strict_json(text: str | bytes):
     """JSON as the standard defines it: no NaN or Infinity."""
 

@@ -19,7 +19,12 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import common  # noqa: E402
 
-HELPERS = ("common.py", "http_client.py", "protocol_clients.py")  # modules the scripts import, not scripts
+HELPERS = (
+    "common.py",
+    "http_client.py",
+    "load_ray.py",
+    "protocol_clients.py",
+)  # modules the scripts import, not scripts
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in HELPERS)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -53,10 +53,12 @@ class OpenVinoBackend(Backend):
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "CACHE_DIR": str(cache_dir() / "openvino"),
         }
-        if batch_size is not None and streams > 1:
+        if (batch_size is not None and streams > 1) or self._config["INFERENCE_NUM_THREADS"] < physical_cores():
             # OpenVINO pins each compiled model's stream threads to cores on its own, so runs of
             # the exact-batch and the any-batch model at once shared a core (a large loss of
             # throughput). Unpinned, the OS spreads them; one model alone runs as fast either way.
+            # A model on fewer threads than the cores is pinned to the first ones, the very cores
+            # every other such process takes too: two 1-thread Ray Serve replicas ran on one core.
             self._config["ENABLE_CPU_PINNING"] = False
         if precision == "bf16" and "BF16" not in self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise BackendUnavailableError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX; this one has neither")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from resnet50.cli import main
+from servers import ServerProcess, expected_predictions
 
 httpx = pytest.importorskip("httpx")
 
@@ -33,8 +34,6 @@ def ray_server(model_fp32, tmp_path_factory):
     """``resnet50 serve --engine ray --replicas 2 --threads 1`` on a free loopback port."""
     pytest.importorskip("ray.serve", reason="--engine ray needs Ray Serve (pip install 'resnet50[serve,ray]')")
     pytest.importorskip("psutil", reason="the process checks need psutil (pip install 'resnet50[bench]')")
-    from test_serve import ServerProcess
-
     srv = ServerProcess(
         tmp_path_factory.mktemp("serve-ray"),
         *("--engine", "ray", "--replicas", "2", "--threads", "1", "--max-wait-ms", "20"),
@@ -86,9 +85,7 @@ def test_both_replicas_get_traffic_and_say_which_answered(ray_server, sample_pho
 
 @pytest.mark.slow
 def test_answers_equal_model_run(ray_server, model_fp32, sample_photos):
-    from test_serve import _expected, _v2_request
-
-    expected = _expected(model_fp32, sample_photos)
+    expected = expected_predictions(model_fp32, sample_photos)
 
     async def send_all():
         async with httpx.AsyncClient(base_url=ray_server.url, timeout=120) as client:
@@ -98,7 +95,9 @@ def test_answers_equal_model_run(ray_server, model_fp32, sample_photos):
         assert response.status_code == 200, response.text
         assert response.json()["predictions"] == want
     tensor, _ = model_fp32.preprocess([str(p) for p in sample_photos[:2]])
-    response = httpx.post(f"{ray_server.url}/v2/models/resnet50/infer", json=_v2_request(tensor), timeout=120)
+    request = {"inputs": [{"name": "input_tensor:0", "datatype": "FP32", "shape": [2, 3, 224, 224]}]}
+    request["inputs"][0]["data"] = tensor.ravel().tolist()
+    response = httpx.post(f"{ray_server.url}/v2/models/resnet50/infer", json=request, timeout=120)
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     softmax = np.asarray(outputs["softmax_tensor:0"]["data"], np.float32).reshape(2, 1001)
@@ -216,10 +215,9 @@ def test_killed_replica_is_replaced_and_its_requests_get_an_answer(ray_server, s
 @pytest.mark.slow
 def test_sigterm_answers_in_flight_requests_and_leaves_no_ray_process(ray_server, model_fp32, sample_photos):
     import psutil
-    from test_serve import _expected
 
     photo = sample_photos[1].read_bytes()
-    expected = _expected(model_fp32, sample_photos[1:2])[0]
+    expected = expected_predictions(model_fp32, sample_photos[1:2])[0]
     ray_processes = psutil.Process(ray_server.proc.pid).children(recursive=True)
     assert any("raylet" in p.name() for p in ray_processes)
     state = {"ok": 0, "after_term": 0, "term_sent": False}

@@ -122,6 +122,7 @@ class Replica:
             max_body_mb=s.max_body_mb,
             max_megapixels=s.max_megapixels,
             workers=s.workers,
+            body_timeout=s.body_timeout,
             log=lambda message: print(f"resnet50 serve replica {self.replica}: {message}", file=sys.stderr, flush=True),
         )
         app.metrics.info.update({"replica": self.replica, "node": socket.gethostname(), "pid": str(os.getpid())})
@@ -215,9 +216,7 @@ def start_serve(host: str, port: int) -> None:
     Bound to loopback, one proxy on the head node (the driver's, with ``--address auto``)
     serves; bound to an outside address, every node with a replica gets one, for a load
     balancer in front of them."""
-    import ipaddress
-
-    loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    loopback = is_loopback(host)
     env = {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
     if loopback:  # the one proxy spreads requests over all nodes' replicas, not its own node's first
         env |= {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_SERVE_PROXY_PREFER_LOCAL_AZ_ROUTING": "0"}
@@ -235,6 +234,16 @@ def start_serve(host: str, port: int) -> None:
             f"Ray Serve already runs on this cluster with its HTTP proxy on {config.host}:{config.port}; "
             f"serve there (--host {config.host} --port {config.port}) or stop it first (`serve shutdown`)"
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is this machine only."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def deploy(
@@ -396,6 +405,8 @@ def run(
             f"listening on http://{shown}:{port} (Ray Serve on the Ray at "
             f"{ray.get_runtime_context().gcs_address}, {scaling.describe()}{describe})"
         )
+        if not is_loopback(host):
+            log(f"warning: bound to {host}, not loopback: other machines can reach this server")
         _watch(log)
     except _Stop as stop:
         log(f"{stop}: shutting the deployment down")
@@ -426,6 +437,3 @@ def pick_port(host: str, port: int) -> int:
 
     with contextlib.closing(bind(host, port)) as sock:
         return sock.getsockname()[1]
-
-
-__all__ = ["APP_NAME", "REPLICA_HEADER", "Replica", "Scaling", "deploy", "pick_port", "run", "shutdown"]
