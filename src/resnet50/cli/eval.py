@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from resnet50.cli.common import (
-    add_input_options,
-    add_json_option,
-    add_model_options,
-    load_model,
-    print_json,
-    progress,
-)
+from resnet50.cli.common import add_input_options, add_json_option, add_model_options, load_model, print_json, progress
 from resnet50.core.files import expand_images
 
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resnet50.cli.common import (
-    add_input_options,
-    add_json_option,
-    add_model_options,
-    load_model,
-    print_json,
-    progress,
-)
+from resnet50.cli.common import add_input_options, add_json_option, add_model_options, load_model, print_json, progress
 from resnet50.core.errors import InvalidInputError
 
 

@@ -102,6 +102,16 @@ def _check_declared_size(data: bytes, source: str) -> None:
         )
 
 
+def _checked_bytes(data: bytes | bytearray | memoryview, source: str) -> bytes:
+    """Encoded image bytes that are not empty, not cut short and do not declare a giant image."""
+    data = bytes(data)
+    if not data:
+        raise ImageDecodeError(f"{source}: empty input, not an image")
+    _check_complete(data, source)
+    _check_declared_size(data, source)
+    return data
+
+
 def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes like ``cv2.imread(path, IMREAD_COLOR)``: BGR uint8 HxWx3.
 
@@ -111,11 +121,7 @@ def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.
     """
     import cv2
 
-    data = bytes(data)
-    if not data:
-        raise ImageDecodeError(f"{source}: empty input, not an image")
-    _check_complete(data, source)
-    _check_declared_size(data, source)
+    data = _checked_bytes(data, source)
     try:
         with quiet_native():
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -218,11 +224,7 @@ def to_pil_rgb(image: ImageInput, source: str | None = None):
     if isinstance(image, (str, os.PathLike)):
         image = read_bytes(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-        if not data:
-            raise ImageDecodeError(f"{source}: empty input, not an image")
-        _check_complete(data, source)
-        _check_declared_size(data, source)
+        data = _checked_bytes(image, source)
         try:
             with Image.open(io.BytesIO(data)) as opened:
                 return opened.convert("RGB")
