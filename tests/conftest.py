@@ -77,7 +77,18 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that start Ray are slow wherever they are (the issue's inner loop skips them)."""
+    """Tests that start Ray, a real server or another process are slow wherever they are (the
+    inner loop, ``-m "not slow"``, skips them)."""
+    import inspect
+
+    heavy_fixtures = {"ray_local", "server", "page_server"}
     for item in items:
-        if "ray_local" in getattr(item, "fixturenames", ()):
+        if heavy_fixtures & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+            continue
+        try:
+            code = inspect.getsource(item.function)
+        except (OSError, TypeError, AttributeError):
+            continue
+        if "ServerProcess(" in code or "subprocess." in code:
             item.add_marker(pytest.mark.slow)
