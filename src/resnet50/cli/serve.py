@@ -111,13 +111,13 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--grpc-port serves from one process; with --engine ray use HTTP")
     for module in SERVE_MODULES:  # fail before the slow model load
         require(module, "serve", "resnet50 serve")
-    if args.engine == "ray":
-        return _run_ray(args)
-    filter_native_stderr(show_noise=args.log_level == "debug")  # before the model load: its runtime logs too
     try:
         require("python_multipart", "serve", "resnet50 serve")
     except BackendUnavailableError:  # python-multipart before 0.0.13 is only `multipart`
         require("multipart", "serve", "resnet50 serve")
+    if args.engine == "ray":
+        return _run_ray(args)
+    filter_native_stderr(show_noise=args.log_level == "debug")  # before the model load: its runtime logs too
     if args.grpc_port is not None:
         from resnet50.apps.serve.grpc import load_grpc
 
